@@ -1,0 +1,57 @@
+"""Where the Hydra configs live, and `compose()`: resolve configs exactly like the CLI does.
+
+The configs are the top-level `conf/` folder of a checkout; the wheel ships the same files as
+`maft/conf` (package data), so `python -m maft.train` works from a checkout and after `pip install .`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from maft.errors import ConfigError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """Absolute path of the Hydra config folder (installed `maft/conf` or the checkout's `conf/`)."""
+    for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"maft's Hydra configs were not found (looked in {_PACKAGE_DIR / 'conf'} and "
+        f"{_PACKAGE_DIR.parents[1] / 'conf'}); reinstall the package"
+    )
+
+
+CONFIG_DIR = str(config_dir())
+
+
+def compose(
+    overrides: Sequence[str] = (),
+    config_name: str = "train",
+    output_dir: str | Path | None = None,
+) -> DictConfig:
+    """Compose a config with Hydra's resolution rules (as the CLI would), for tests and tools.
+
+    ``output_dir`` replaces ``paths.output_dir`` (the CLI takes it from Hydra's run directory).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        elif "paths" in cfg:
+            cfg.paths.output_dir = str(Path(cfg.hydra.run.dir).resolve())
+        del cfg["hydra"]
+    return cfg

@@ -1,0 +1,231 @@
+"""Class vocabularies: ordered class names plus a seen/unseen mask (one source of truth for classes).
+
+Benchmark class lists and zero-shot splits come only from the packaged ``metadata/benchmarks.json``
+(see ``shared/reference/benchmarks.json``). A user's own vocabulary comes from a list of names or a
+text file.
+
+Text-file format (``Vocabulary.from_file``)::
+
+    # comment lines and blank lines are skipped
+    brick
+    grass
+    water | unseen        # a trailing "| unseen" marks a class without training labels
+    sand | seen           # "| seen" is allowed and is the default
+
+Names are stripped of surrounding whitespace; names may contain commas and spaces ("road, route").
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maft.errors import VocabularyError
+
+#: Split names accepted by :meth:`Vocabulary.from_benchmark`.
+SPLITS = ("zero_shot", None)
+
+
+@lru_cache(maxsize=1)
+def load_benchmarks() -> dict[str, dict[str, Any]]:
+    """Return the packaged benchmark metadata (class names, splits, ignore values, layouts)."""
+    text = resources.files("maft.data").joinpath("metadata/benchmarks.json").read_text("utf-8")
+    return json.loads(text)["benchmarks"]
+
+
+def benchmark_info(benchmark: str) -> dict[str, Any]:
+    """Return the metadata entry of ``benchmark`` or raise listing the valid keys."""
+    table = load_benchmarks()
+    if benchmark not in table:
+        raise VocabularyError(
+            f"unknown benchmark {benchmark!r}; valid benchmarks: {', '.join(sorted(table))}"
+            + _suggest(benchmark, list(table))
+        )
+    return table[benchmark]
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Ordered class names, which of them are seen in training, and the dataset's ignore value."""
+
+    names: list[str]
+    seen: torch.Tensor = field(repr=False)  # bool [C]
+    ignore_index: int = 255
+    benchmark: str | None = None
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        names = [str(n).strip() for n in self.names]
+        if not names:
+            raise VocabularyError("empty vocabulary: give at least one class name")
+        if any(not n for n in names):
+            raise VocabularyError(f"vocabulary has an empty class name: {self.names!r}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise VocabularyError(f"duplicate class names in vocabulary: {dupes}")
+        seen = torch.as_tensor(self.seen, dtype=torch.bool).flatten()
+        if seen.numel() != len(names):
+            raise VocabularyError(
+                f"seen mask has {seen.numel()} entries but the vocabulary has {len(names)} names"
+            )
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "seen", seen)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_benchmark(cls, benchmark: str, split: str | None = "zero_shot") -> Vocabulary:
+        """Vocabulary of a packaged benchmark; ``split=None`` marks every class seen."""
+        info = benchmark_info(benchmark)
+        names = list(info["class_names"])
+        if len(names) != int(info["num_classes"]):
+            raise VocabularyError(f"benchmarks.json is inconsistent for {benchmark!r}")
+        if split is None or split == "all_seen":
+            seen = torch.ones(len(names), dtype=torch.bool)
+            split = None
+        elif split == "zero_shot":
+            zs = info.get("zero_shot_split")
+            if not zs:
+                with_split = [k for k, v in load_benchmarks().items() if v.get("zero_shot_split")]
+                raise VocabularyError(
+                    f"benchmark {benchmark!r} has no zero-shot split; use split=None, or one of the "
+                    f"benchmarks with a split: {', '.join(with_split)}"
+                )
+            seen = ~torch.tensor(zs["is_unseen"], dtype=torch.bool)
+        else:
+            raise VocabularyError(
+                f"unknown split {split!r} for {benchmark!r}; valid splits: 'zero_shot', None"
+            )
+        return cls(names, seen, int(info["ignore_label"]), benchmark=benchmark, split=split)
+
+    @classmethod
+    def from_names(
+        cls,
+        names: Iterable[str],
+        seen: Sequence[bool] | torch.Tensor | None = None,
+        ignore_index: int = 255,
+    ) -> Vocabulary:
+        """Vocabulary from a list of names; ``seen=None`` marks every class seen."""
+        names = [str(n) for n in names]
+        mask = torch.ones(len(names), dtype=torch.bool) if seen is None else seen
+        return cls(names, torch.as_tensor(mask, dtype=torch.bool), ignore_index)
+
+    @classmethod
+    def from_file(cls, path: str | Path, ignore_index: int = 255) -> Vocabulary:
+        """Vocabulary from a text file: one name per line, optional ``| unseen`` marker."""
+        path = Path(path)
+        if not path.is_file():
+            raise VocabularyError(f"vocabulary file not found: {path}")
+        names: list[str] = []
+        seen: list[bool] = []
+        for lineno, raw in enumerate(path.read_text("utf-8").splitlines(), start=1):
+            line = re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()  # drop comments
+            if not line:
+                continue
+            name, _, marker = line.partition("|")
+            marker = marker.strip().lower()
+            if marker not in ("", "seen", "unseen"):
+                raise VocabularyError(
+                    f"{path}:{lineno}: unknown marker {marker!r} (use '| seen' or '| unseen')"
+                )
+            names.append(name.strip())
+            seen.append(marker != "unseen")
+        if not names:
+            raise VocabularyError(f"vocabulary file {path} holds no class names")
+        try:
+            return cls(names, torch.tensor(seen, dtype=torch.bool), ignore_index)
+        except VocabularyError as err:
+            raise VocabularyError(f"{path}: {err}") from None
+
+    # ------------------------------------------------------------------ views
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return len(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def seen_indices(self) -> torch.Tensor:
+        """Indices of seen classes, LongTensor [S]."""
+        return torch.nonzero(self.seen, as_tuple=False).flatten()
+
+    @property
+    def unseen_indices(self) -> torch.Tensor:
+        """Indices of unseen classes, LongTensor [U]."""
+        return torch.nonzero(~self.seen, as_tuple=False).flatten()
+
+    @property
+    def has_split(self) -> bool:
+        """True when some class is unseen (zero-shot protocol)."""
+        return bool((~self.seen).any())
+
+    @property
+    def seen_names(self) -> list[str]:
+        """Names of the seen classes, in vocabulary order."""
+        return [n for n, s in zip(self.names, self.seen.tolist()) if s]
+
+    @property
+    def unseen_names(self) -> list[str]:
+        """Names of the unseen classes, in vocabulary order."""
+        return [n for n, s in zip(self.names, self.seen.tolist()) if not s]
+
+    def index(self, name: str) -> int:
+        """Position of ``name``; unknown names raise with the closest matches."""
+        key = name.strip()
+        try:
+            return self.names.index(key)
+        except ValueError:
+            raise VocabularyError(
+                f"unknown class name {name!r}" + _suggest(key, self.names)
+            ) from None
+
+    def indices(self, names: Iterable[str]) -> list[int]:
+        """Positions of several names (each unknown name raises)."""
+        return [self.index(n) for n in names]
+
+    def seen_class_map(self) -> torch.Tensor:
+        """Map full index -> seen-only index (-1 for unseen), LongTensor [C]."""
+        out = torch.full((self.num_classes,), -1, dtype=torch.long)
+        out[self.seen_indices] = torch.arange(int(self.seen.sum()))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for checkpoints' hyperparameters and reports)."""
+        return {
+            "names": list(self.names),
+            "seen": [bool(s) for s in self.seen.tolist()],
+            "ignore_index": int(self.ignore_index),
+            "benchmark": self.benchmark,
+            "split": self.split,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Vocabulary:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            list(d["names"]),
+            torch.tensor(d["seen"], dtype=torch.bool),
+            int(d.get("ignore_index", 255)),
+            benchmark=d.get("benchmark"),
+            split=d.get("split"),
+        )
+
+    def write(self, path: str | Path) -> None:
+        """Write the vocabulary in the :meth:`from_file` format."""
+        lines = [n if s else f"{n} | unseen" for n, s in zip(self.names, self.seen.tolist())]
+        Path(path).write_text("\n".join(lines) + "\n", "utf-8")
