@@ -1,4 +1,4 @@
-"""Class vocabularies: ordered class names plus a seen/unseen mask (one source of truth for classes).
+"""Class vocabularies: ordered class names plus a seen/unseen mask (the one source of classes).
 
 Benchmark class lists and zero-shot splits come only from the packaged ``metadata/benchmarks.json``
 (see ``shared/reference/benchmarks.json``). A user's own vocabulary comes from a list of names or a
@@ -58,7 +58,7 @@ def _suggest(name: str, candidates: Sequence[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Vocabulary:
     """Ordered class names, which of them are seen in training, and the dataset's ignore value."""
 
@@ -101,7 +101,7 @@ class Vocabulary:
             if not zs:
                 with_split = [k for k, v in load_benchmarks().items() if v.get("zero_shot_split")]
                 raise VocabularyError(
-                    f"benchmark {benchmark!r} has no zero-shot split; use split=None, or one of the "
+                    f"benchmark {benchmark!r} has no zero-shot split; use split=None or one of the "
                     f"benchmarks with a split: {', '.join(with_split)}"
                 )
             seen = ~torch.tensor(zs["is_unseen"], dtype=torch.bool)
@@ -149,6 +149,17 @@ class Vocabulary:
             return cls(names, torch.tensor(seen, dtype=torch.bool), ignore_index)
         except VocabularyError as err:
             raise VocabularyError(f"{path}: {err}") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Vocabulary):
+            return NotImplemented
+        return (
+            self.names == other.names
+            and torch.equal(self.seen, other.seen)
+            and self.ignore_index == other.ignore_index
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable tensor inside: not hashable
 
     # ------------------------------------------------------------------ views
     @property

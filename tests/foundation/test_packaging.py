@@ -1,0 +1,96 @@
+"""The wheel ships every config and metadata file; `--cfg job` works after a plain install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        cwd=out,
+    )
+    (whl,) = out.glob("maft-*.whl")
+    return whl
+
+
+def test_wheel_holds_every_config_and_metadata(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = sorted(
+        p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")
+    )
+    assert configs, "no configs found in conf/"
+    missing = [c for c in configs if f"maft/conf/{c}" not in names]
+    assert not missing, f"configs missing from the wheel: {missing}"
+    assert "maft/data/metadata/benchmarks.json" in names
+    jsons = [p.name for p in (ROOT / "src/maft/models/clip/model_configs").glob("*.json")]
+    assert jsons and all(f"maft/models/clip/model_configs/{j}" in names for j in jsons)
+    packages = [
+        p.parent.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src").rglob("__init__.py")
+    ]
+    missing_pkgs = [p for p in packages if f"{p}/__init__.py" not in names]
+    assert not missing_pkgs, f"packages missing from pyproject's list: {missing_pkgs}"
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_cfg_job(wheel: Path, tmp_path: Path) -> None:
+    # A plain (non-editable) install of the wheel into its own folder, run from another directory
+    # with the current interpreter (its dependencies); the folder shadows the editable checkout.
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+    )
+    py = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run(
+        [str(py), "-m", "maft.train", "--cfg", "job", "experiment=smoke"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "stages:" in run.stdout
+    where = subprocess.run(
+        [str(py), "-c", "import maft, maft.config as c; print(maft.__file__, c.CONFIG_DIR)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert str(target / "maft") in where and str(target / "maft" / "conf") in where
