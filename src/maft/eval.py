@@ -1,0 +1,24 @@
+"""`python -m maft.eval experiment=NAME ckpt_path=...`: test a checkpoint, write the reports."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from maft.config import CONFIG_DIR
+from maft.runner import cli_guard, run_eval
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    with cli_guard():
+        run_eval(cfg)
+
+
+def main() -> None:
+    """Console-script entry point (`maft-eval`)."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""`python -m maft.predict ckpt_path=... image=... vocabulary=[...]`: segment your own images."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from maft.config import CONFIG_DIR
+from maft.runner import cli_guard, run_predict
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def _main(cfg: DictConfig) -> None:
+    with cli_guard():
+        run_predict(cfg)
+
+
+def main() -> None:
+    """Console-script entry point (`maft-predict`)."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()
