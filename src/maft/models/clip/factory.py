@@ -1,0 +1,264 @@
+"""Build open_clip CLIP models from a tag, a local checkpoint file or random weights (spec §a.3).
+
+One loader for every source (open_clip's idea): a pretrained tag only adds a download step, then the
+downloaded file goes through the same file loader as a user's local checkpoint.
+
+QuickGELU policy: OpenAI-format files (a TorchScript archive, or a state dict carrying OpenAI's
+``input_resolution`` / ``context_length`` / ``vocab_size`` entries) and tags trained with QuickGELU
+switch the model to QuickGELU automatically when ``quick_gelu=None``. ``quick_gelu=False`` with such
+weights raises ``CheckpointError`` (GELU on QuickGELU weights silently gives wrong features).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.model import resize_pos_embed
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+from maft.errors import CheckpointError, ConfigError
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_NESTED_KEYS = ("state_dict", "model")
+_MAX_KEYS_SHOWN = 5
+_registered = False
+
+
+def register_model_configs() -> list[str]:
+    """Register every JSON in ``model_configs/`` with open_clip (idempotent); return their names."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+@dataclass(frozen=True)
+class ClipNormalization:
+    """CLIP input normalisation (0–1 scale mean/std) and the model's native square input size."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Map RGB images in 0–255 ``[B, 3, H, W]`` (float or uint8) to CLIP-normalised floats."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
+        x = images if images.is_floating_point() else images.float()
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255.0
+        return (x - mean) / std
+
+
+def _download_pretrained(model_name: str, tag: str, cfg: dict[str, Any]) -> str:
+    """Fetch the file of an open_clip pretrained tag (the only network step; tests replace it)."""
+    path = download_pretrained(cfg)
+    if not path:
+        raise CheckpointError(f"open_clip returned no file for model {model_name!r} tag {tag!r}")
+    return str(path)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (OpenAI's released ``.pt`` files are JIT archives)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") for n in zf.namelist())
+
+
+def read_state_dict(
+    path: str | Path, *, weights_only: bool = True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a checkpoint into a flat tensor state dict; also say whether it is in OpenAI format.
+
+    Accepts an open_clip state dict, one nested under ``state_dict`` / ``model`` (Lightning,
+    detectron2), and OpenAI JIT or state-dict archives. A leading ``module.`` is stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    is_openai = _is_torchscript(path)
+    try:
+        if is_openai:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
+                obj: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {err}. If the file is trusted and holds non-tensor "
+            "objects, load it with weights_only=False."
+        ) from err
+    for key in _NESTED_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"checkpoint {path} holds no state dict (got {type(obj).__name__})")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    is_openai = is_openai or any(k in sd for k in _OPENAI_EXTRA_KEYS)
+    for key in _OPENAI_EXTRA_KEYS:
+        sd.pop(key, None)
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd, is_openai
+
+
+def _strip_to_model(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Drop a wrapper prefix (e.g. a Lightning ``clip.``) located via the unique ``logit_scale``."""
+    if "logit_scale" in sd or "logit_scale" not in model_keys:
+        return sd
+    prefixes = {k[: -len("logit_scale")] for k in sd if k.endswith(".logit_scale")}
+    if len(prefixes) != 1:
+        return sd
+    prefix = prefixes.pop()
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+    return shown + (
+        f" (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
+    )
+
+
+def load_clip_state_dict(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str | Path
+) -> None:
+    """Load ``sd`` into an open_clip model strictly; raise ``CheckpointError`` naming bad keys."""
+    sd = _strip_to_model(dict(sd), set(model.state_dict()))
+    if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    resize_pos_embed(sd, model)
+    expected = model.state_dict()
+    for name, _ in model.named_buffers():  # non-persistent buffers (attn_mask) saved by TorchScript
+        if name not in expected:
+            sd.pop(name, None)
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {source} does not match the model: missing keys [{_first(missing)}], "
+            f"unexpected keys [{_first(unexpected)}]. Check the model name matches the weights."
+        )
+    wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"checkpoint {source} has wrong shapes for [{_first(wrong)}]: {k} is "
+            f"{tuple(sd[k].shape)}, the model expects {tuple(expected[k].shape)}. "
+            "Check the model name matches the weights."
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def _resolve_quick_gelu(
+    requested: bool | None, weights_quick: bool, source: str, name: str
+) -> bool:
+    """Apply the QuickGELU policy of this module's docstring."""
+    if requested is False and weights_quick:
+        raise CheckpointError(
+            f"{source} holds QuickGELU (OpenAI-trained) weights but quick_gelu=False was requested "
+            f"for {name!r}; pass quick_gelu=None/True or use the '-quickgelu' model variant."
+        )
+    return bool(requested) or weights_quick
+
+
+def _create(name: str, quick_gelu: bool) -> torch.nn.Module:
+    register_model_configs()
+    if open_clip.get_model_config(name) is None:
+        raise ConfigError(
+            f"unknown CLIP architecture {name!r}; known: {', '.join(open_clip.list_models()[:8])}, "
+            "... (see open_clip.list_models())"
+        )
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))  # silence open_clip's "initialized randomly" warning
+    try:
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        logger.setLevel(level)
+
+
+def _normalization(model: torch.nn.Module) -> ClipNormalization:
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipNormalization(
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+        image_size=int(size),
+    )
+
+
+def build_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[open_clip.CLIP, ClipNormalization]:
+    """Build an open_clip model (random, tag or local file) and its input normalisation.
+
+    Args:
+        name: open_clip architecture (``ViT-B-16``, ``maft-tiny``, ...).
+        pretrained: None (random weights), a path to a checkpoint file, or an open_clip tag.
+        quick_gelu: None = automatic (QuickGELU for OpenAI-format files and QuickGELU tags),
+            True = force QuickGELU, False = GELU (raises on QuickGELU weights).
+    """
+    register_model_configs()
+    preprocess: dict[str, Any] = {}
+    if pretrained is None:
+        model = _create(name, bool(quick_gelu))
+    else:
+        tag_cfg = {} if os.path.isfile(pretrained) else get_pretrained_cfg(name, pretrained)
+        if not tag_cfg and not os.path.isfile(pretrained):
+            known = open_clip.list_pretrained_tags_by_model(name)
+            raise CheckpointError(
+                f"pretrained={pretrained!r} is neither an existing file nor an open_clip tag of "
+                f"{name!r} (tags: {', '.join(known) or 'none'})"
+            )
+        path = _download_pretrained(name, pretrained, tag_cfg) if tag_cfg else pretrained
+        sd, is_openai = read_state_dict(path)
+        weights_quick = is_openai or bool(tag_cfg.get("quick_gelu", False))
+        quick = _resolve_quick_gelu(quick_gelu, weights_quick, str(path), name)
+        model = _create(name, quick)
+        load_clip_state_dict(model, sd, path)
+        preprocess = {k: tag_cfg[k] for k in ("mean", "std") if k in tag_cfg}
+    if preprocess:
+        cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        cfg.update(preprocess)
+        open_clip.set_model_preprocess_cfg(model, cfg)
+    model = model.to(device).eval()
+    return model, _normalization(model)
+
+
+def get_tokenizer(name: str) -> Callable[..., torch.Tensor]:
+    """Return open_clip's tokenizer for architecture ``name`` (context length from its config)."""
+    register_model_configs()
+    if open_clip.get_model_config(name) is None:
+        raise ConfigError(f"unknown CLIP architecture {name!r}; see open_clip.list_models()")
+    return open_clip.get_tokenizer(name)
+
+
+__all__ = [
+    "ClipNormalization",
+    "build_clip",
+    "get_tokenizer",
+    "read_state_dict",
+    "load_clip_state_dict",
+    "register_model_configs",
+]
