@@ -111,9 +111,9 @@ class MaftTask(L.LightningModule):
             load_generator_weights(self.generator, proposals_ckpt, generator)
         self.start_layer = int(clip.get("start_layer", 0))
         self.input_size = int(clip.get("input_size", self.norm.image_size))
-        self.student = IPClipEncoder.from_open_clip(model.visual, start_layer=self.start_layer)
         self._set_trainable(self.recipe["trainable"])
-        # Not registered: shares clip_model's weights (no duplicate keys in checkpoints).
+        # Not registered as submodules: both wrap clip_model's own weights (no duplicate keys).
+        self.__dict__["student"] = IPClipEncoder.from_open_clip(model.visual, self.start_layer)
         self.__dict__["text"] = TextClassifier(model, get_tokenizer(clip["name"]))
         self._segmenters: dict[tuple, ZeroShotSegmenter] = {}
         self.eval_vocabularies: list[Vocabulary] = [self.vocab]
