@@ -1,4 +1,4 @@
-"""Fixtures for the task and runner tests: tiny models, a synthetic folder dataset, composed configs."""
+"""Fixtures for task and runner tests: tiny models, a synthetic folder dataset, composed configs."""
 
 from __future__ import annotations
 

@@ -105,8 +105,9 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path: Path) -> No
         b = again.segmenter(mode)(batch["image"], again.text_embeddings(VOCAB), VOCAB.seen)
         assert torch.equal(a.clip_probs, b.clip_probs)
         assert all(torch.equal(x, y) for x, y in zip(a.labels, b.labels))
-    trained = task.segmenter("maft")(batch["image"], task.text_embeddings(VOCAB), VOCAB.seen)
-    frozen = task.segmenter("frozen_ip_clip")(batch["image"], task.text_embeddings(VOCAB), VOCAB.seen)
+    text = task.text_embeddings(VOCAB)
+    trained = task.segmenter("maft")(batch["image"], text, VOCAB.seen)
+    frozen = task.segmenter("frozen_ip_clip")(batch["image"], text, VOCAB.seen)
     assert not torch.equal(trained.clip_probs, frozen.clip_probs)
 
 

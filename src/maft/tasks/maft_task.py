@@ -269,6 +269,7 @@ class MaftTask(L.LightningModule):
             batch["valid_size"],
             batch["orig_size"],
         )
+        self.last_val_predictions = out.labels  # for the validation-panel callback
         for pred, target in segmentation_targets(out.labels, batch):
             self._metrics[idx].update(pred[None], target[None])
 
