@@ -10,18 +10,14 @@ Usage: python scripts/bench_ip_clip.py --preset quick [--device cuda] [--repeats
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import platform
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from maft.benchmarking import timed
 from maft.models.clip import IPClipEncoder, build_clip, classify_merged
 
 PRESETS = {
@@ -29,54 +25,6 @@ PRESETS = {
     "quick": dict(model="maft-tiny", size=128, proposals=100, start_layer=1, chunk=50, repeats=5),
 }
 PAPER_GFLOPS = {"merge": 1127.0, "ip_clip": 53.4}
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
-class PeakMemory:
-    """Peak memory above the starting level: CUDA allocator stats, or sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib = 0.0
-
-    @staticmethod
-    def _rss_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss_mib())
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            _malloc_trim()  # hand freed heap back to the OS so RSS growth reflects this phase
-            self._base = self._max = self._rss_mib()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mib = self._max - self._base
 
 
 def vit_gflops(
@@ -100,24 +48,6 @@ def flops(visual, size: int, n: int, start: int, merge_size: int) -> dict[str, f
     ip = vit_gflops(width, depth, [hw + 1] * start + [hw + n] * (depth - start), hw, patch)
     merge = n * vit_gflops(width, depth, [hw_sub + 1] * depth, hw_sub, patch)
     return {"plain": plain, "ip_clip": ip, "merge": merge}
-
-
-def timed(
-    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int
-) -> tuple[float, float]:
-    """Median seconds of ``repeats`` runs after one warm-up, and the peak memory (MiB)."""
-    times = []
-    with PeakMemory(device) as mem:
-        fn()  # warm-up, inside the memory window
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], mem.peak_mib
 
 
 def run(preset: str, device: str, repeats: int | None, batch: int) -> dict:

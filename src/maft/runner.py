@@ -154,6 +154,7 @@ def build_maft_task(cfg: DictConfig, vocab: Vocabulary, proposals_ckpt: str | No
             merge=m.merge,
             merge_variant=m.merge_variant,
             drop_invalid=bool(m.drop_invalid),
+            mask_align_corners=bool(m.mask_align_corners),
             proposals_ckpt=proposals_ckpt,
         )
     except TypeError as err:
@@ -166,11 +167,18 @@ def _test_sets(dm: L.LightningDataModule, vocab: Vocabulary) -> tuple[list[Vocab
     return vocabs, names
 
 
+def _first_loader(dm: L.LightningDataModule):
+    dm.setup("test")
+    loaders = dm.test_dataloader()
+    return loaders[0] if isinstance(loaders, list | tuple) else loaders
+
+
 def evaluate(task, dm, cfg: DictConfig, mode: str) -> dict[str, dict[str, Any]]:
     """Run the test loop of ``task`` in evaluation ``mode``; return ``{benchmark: metrics}``."""
     trainer = build_trainer(cfg.copy(), f"test_{mode}", max_steps=-1)
-    if mode == "proposals":
-        trainer.test(task, datamodule=dm, verbose=False)
+    if mode == "proposals":  # A^p over the seen classes, on the main test set
+        task.eval_name = (getattr(dm, "test_names", None) or ["test"])[0]
+        trainer.test(task, dataloaders=_first_loader(dm), verbose=False)
         return dict(task.results)
     vocabs, names = _test_sets(dm, task.vocab)
     task.eval_vocabularies, task.eval_names, task.eval_mode = vocabs, names, mode

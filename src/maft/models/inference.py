@@ -36,6 +36,7 @@ def semantic_scores(
     mask_logits: torch.Tensor,
     out_size: tuple[int, int],
     valid: torch.Tensor | None = None,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """Per-class score maps ``O = Âᵀ · sigmoid(upsample(mask_logits))`` (§a.5).
 
@@ -45,6 +46,7 @@ def semantic_scores(
         out_size: ``(H, W)`` of the padded input canvas the logits are upsampled to.
         valid: optional ``[B, N]`` bool; proposals flagged False are dropped (zsseg). None keeps
             every proposal (MAFT).
+        align_corners: the bilinear upsampling convention (MAFT/FreeSeg: True; Mask2Former: False).
 
     Returns:
         ``[B, C, H, W]`` scores; ``argmax`` over dim 1 gives the class map.
@@ -55,7 +57,7 @@ def semantic_scores(
             "[B, N]; both must come from the same proposals."
         )
     logits = F.interpolate(
-        mask_logits.to(A.dtype), size=tuple(out_size), mode="bilinear", align_corners=True
+        mask_logits.to(A.dtype), size=tuple(out_size), mode="bilinear", align_corners=align_corners
     )  # [B, N, H, W]
     masks = logits.sigmoid()
     if valid is not None:

@@ -44,12 +44,6 @@ class SegmenterOutput:
     valid: torch.Tensor  # [B, N] bool
 
 
-def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Mask logits ``[B,N,h,w]`` -> soft masks ``[B,N,H,W]`` (bilinear, align_corners, §b.1)."""
-    up = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=True)
-    return up.sigmoid()
-
-
 class ZeroShotSegmenter(nn.Module):
     """Proposal generator + CLIP classifier + λ-ensemble (inference of MAFT and the baselines)."""
 
@@ -68,6 +62,7 @@ class ZeroShotSegmenter(nn.Module):
         form: str = "code",
         drop_invalid: bool = False,
         merge_chunk: int = 64,
+        mask_align_corners: bool = True,
     ) -> None:
         super().__init__()
         if classifier not in CLASSIFIERS:
@@ -84,6 +79,7 @@ class ZeroShotSegmenter(nn.Module):
         self.form = form
         self.drop_invalid = drop_invalid
         self.merge_chunk = merge_chunk
+        self.mask_align_corners = mask_align_corners  # MAFT/FreeSeg upsample with True (§a.1)
 
     def clip_embeddings(
         self, images: torch.Tensor, soft_masks: torch.Tensor, mask_logits_canvas: torch.Tensor
@@ -118,7 +114,9 @@ class ZeroShotSegmenter(nn.Module):
         out = self.generator(images.float(), text_emb)
         mask_logits = out["mask_logits"]  # [B, N, H/4, W/4]
         a_p = proposal_scores(out["class_logits"])  # [B, N, C]
-        logits_canvas = F.interpolate(mask_logits, size=(h, w), mode="bilinear", align_corners=True)
+        logits_canvas = F.interpolate(
+            mask_logits, size=(h, w), mode="bilinear", align_corners=self.mask_align_corners
+        )  # [B, N, H, W]
         soft = logits_canvas.sigmoid()  # [B, N, H, W]
         emb = self.clip_embeddings(images, soft, logits_canvas)  # [B, N, D]
         a_c = self.text.logits(emb.float(), text_emb).softmax(dim=-1)  # [B, N, C]
@@ -126,7 +124,9 @@ class ZeroShotSegmenter(nn.Module):
         seen_mask = None if seen is None else seen.to(a_c.device)
         a_hat = ensemble_scores(a_p, a_c, seen_mask, self.lambda_, form=self.form, valid=valid)
         keep = valid if self.drop_invalid else None  # zsseg drops empty proposals; MAFT keeps all
-        o = semantic_scores(a_hat, mask_logits, (h, w), valid=keep)  # [B, C, H, W]
+        o = semantic_scores(
+            a_hat, mask_logits, (h, w), valid=keep, align_corners=self.mask_align_corners
+        )  # [B, C, H, W]
         if valid_size is None:
             valid_size = torch.tensor([[h, w]] * b)
         if orig_size is None:

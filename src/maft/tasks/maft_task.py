@@ -84,6 +84,7 @@ class MaftTask(L.LightningModule):
         merge: str = "mask_crop",
         merge_variant: str = "zegformer",
         drop_invalid: bool = False,
+        mask_align_corners: bool = True,
         proposals_ckpt: str | None = None,
         eval_mode: str = "maft",
     ) -> None:
@@ -166,7 +167,10 @@ class MaftTask(L.LightningModule):
             out = self.generator(images.float(), t_train)
             canvas = images.shape[-2:]
             soft = F.interpolate(
-                out["mask_logits"], size=canvas, mode="bilinear", align_corners=True
+                out["mask_logits"],
+                size=canvas,
+                mode="bilinear",
+                align_corners=self.hparams.mask_align_corners,
             ).sigmoid()  # [B, N, H, W]
         x = self.clip_canvas(images)
         emb = self.student(x, soft)  # [B, N, D]
@@ -246,6 +250,7 @@ class MaftTask(L.LightningModule):
                 lambda_=self.lambda_,
                 form=self.form,
                 drop_invalid=self.hparams.drop_invalid,
+                mask_align_corners=self.hparams.mask_align_corners,
             )
         return self._segmenters[key]
 

@@ -1,0 +1,91 @@
+"""timm `features_only` backbone of the proposal generator (§a.1: ResNet, FrozenBN).
+
+Returns the stride-4/8/16/32 feature maps of any timm model that provides them; pretrained
+weights are read only from local files (never downloaded by maft).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+
+from maft.errors import ConfigError
+
+STRIDES = (4, 8, 16, 32)
+
+
+def _cached_timm_weights(name: str) -> str | None:
+    """Path of already-downloaded timm weights for `name` (HF hub or torch hub cache), else None."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(hit, str):
+                return hit
+    if cfg.url:
+        hit = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        if hit.is_file():
+            return str(hit)
+    return None
+
+
+def _pretrained_overlay(name: str, weights: str | None) -> dict[str, str]:
+    """timm `pretrained_cfg_overlay` pointing at a local weights file; ConfigError if none."""
+    path = weights or _cached_timm_weights(name)
+    if path is None or not Path(path).is_file():
+        raise ConfigError(
+            f"pretrained_backbone=True but no local weights for timm model '{name}' "
+            f"(looked at backbone_weights={weights!r} and the HF/torch hub caches). Download them "
+            f"once with `timm.create_model('{name}', pretrained=True)` on a machine with network, "
+            "or pass backbone_weights=<file>, or set pretrained_backbone=false."
+        )
+    return {"file": str(path)}
+
+
+class TimmBackbone(nn.Module):
+    """Multi-scale CNN features {"res2": 1/4, "res3": 1/8, "res4": 1/16, "res5": 1/32}."""
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        *,
+        pretrained: bool = False,
+        weights: str | None = None,
+        freeze_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        kwargs = {}
+        if pretrained or weights:
+            kwargs["pretrained_cfg_overlay"] = _pretrained_overlay(name, weights)
+        body = timm.create_model(name, pretrained=bool(kwargs), features_only=True, **kwargs)
+        reductions = body.feature_info.reduction()
+        missing = [s for s in STRIDES if s not in reductions]
+        if missing:
+            raise ConfigError(
+                f"backbone '{name}' has feature strides {reductions}; the proposal generator "
+                f"needs {list(STRIDES)} (missing {missing}). Pick a CNN such as resnet50."
+            )
+        # the deepest feature of each stride
+        self.picks = [max(i for i, r in enumerate(reductions) if r == s) for s in STRIDES]
+        self.body = freeze_batch_norm_2d(body) if freeze_bn else body
+        self.channels = [body.feature_info.channels()[i] for i in self.picks]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised images [B, 3, H, W] -> feature maps keyed res2..res5 (strides 4..32)."""
+        feats = self.body(x)
+        return {f"res{i + 2}": feats[j] for i, j in enumerate(self.picks)}
+
+
+__all__ = ["TimmBackbone", "STRIDES"]

@@ -1,0 +1,125 @@
+"""Open-vocabulary Mask2Former proposal generator (§a.1): masks and CLIP-space class scores.
+
+images (0–255 RGB) -> timm backbone -> pixel decoder (-> optional text interaction) ->
+masked-attention decoder -> per query mask logits [B, N, H/4, W/4] and a class embedding whose
+cosine ×100 with [T_1 … T_C, t_void] gives logits [B, N, C+1]; A^p = softmax(·)[..., :C].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maft.models.proposals.backbone import TimmBackbone
+from maft.models.proposals.interaction import TextPixelInteraction
+from maft.models.proposals.pixel_decoder import PixelDecoder
+from maft.models.proposals.transformer_decoder import MaskedAttentionDecoder
+
+LOGIT_SCALE = 100.0  # §a.1: fixed temperature 0.01
+
+
+def proposal_scores(class_logits: torch.Tensor) -> torch.Tensor:
+    """A^p [B, N, C]: softmax over the C+1 columns (void last), then drop void (§a.1)."""
+    return class_logits.softmax(dim=-1)[..., :-1]
+
+
+class MaskProposalGenerator(nn.Module):
+    """Class-agnostic mask proposals scored against a text vocabulary plus a learned void."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        pretrained_backbone: bool = False,
+        backbone_weights: str | None = None,
+        freeze_bn: bool = True,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        dec_layers: int = 9,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        enc_layers: int = 6,
+        enc_dim_feedforward: int = 1024,
+        mask_dim: int = 256,
+        clip_dim: int = 512,
+        context_interaction: bool = False,
+        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+    ) -> None:
+        super().__init__()
+        self.num_queries = num_queries
+        self.clip_dim = clip_dim
+        self.backbone = TimmBackbone(
+            backbone, pretrained=pretrained_backbone, weights=backbone_weights, freeze_bn=freeze_bn
+        )
+        self.pixel_decoder = PixelDecoder(
+            self.backbone.channels,
+            hidden_dim=hidden_dim,
+            mask_dim=mask_dim,
+            enc_layers=enc_layers,
+            nheads=nheads,
+            dim_feedforward=enc_dim_feedforward,
+        )
+        self.interaction = (
+            TextPixelInteraction(hidden_dim, mask_dim, clip_dim, nheads)
+            if context_interaction
+            else None
+        )
+        self.decoder = MaskedAttentionDecoder(
+            hidden_dim=hidden_dim,
+            num_queries=num_queries,
+            dec_layers=dec_layers,
+            nheads=nheads,
+            dim_feedforward=dim_feedforward,
+            mask_dim=mask_dim,
+            clip_dim=clip_dim,
+        )
+        # §a.1: learned non-object embedding, N(0, D^-1/2), normalised before use
+        self.void_embedding = nn.Parameter(torch.randn(1, clip_dim) * clip_dim**-0.5)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
+
+    def vocabulary(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """[C, D] text embeddings -> [C+1, D] with the normalised void embedding appended last."""
+        if text_emb.ndim != 2 or text_emb.shape[1] != self.clip_dim:
+            raise ValueError(
+                f"text_emb must be [C, {self.clip_dim}], got {tuple(text_emb.shape)}; "
+                "set generator clip_dim to the CLIP embedding size"
+            )
+        void = F.normalize(self.void_embedding, dim=-1)
+        return torch.cat([text_emb.to(void.dtype), void], dim=0)
+
+    def classify(self, class_emb: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+        """Cosine ×100 between class embeddings [B, N, D] and vocab [C+1, D] -> [B, N, C+1]."""
+        return LOGIT_SCALE * F.normalize(class_emb, dim=-1) @ vocab.T
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % 32 or w % 32:
+            raise ValueError(f"image size {h}x{w} must be a multiple of 32 (pad the batch)")
+
+    def forward(self, images: torch.Tensor, text_emb: torch.Tensor) -> dict:
+        """images [B, 3, H, W] 0–255 RGB, text_emb [C, D] L2-normalised -> proposals dict.
+
+        Returns `mask_logits` [B, N, H/4, W/4], `class_logits` [B, N, C+1] (void last) and
+        `aux_outputs`, the same two keys for each intermediate decoder prediction.
+        """
+        self._check_images(images)
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        vocab = self.vocabulary(text_emb)
+        mask_features, maps = self.pixel_decoder(self.backbone(x))
+        if self.interaction is not None:
+            mask_features, maps = self.interaction(mask_features, maps, vocab)
+        predictions = [
+            {"class_logits": self.classify(emb, vocab), "mask_logits": masks}
+            for emb, masks in self.decoder(maps, mask_features)
+        ]
+        return {**predictions[-1], "aux_outputs": predictions[:-1]}
+
+
+__all__ = ["MaskProposalGenerator", "proposal_scores", "LOGIT_SCALE"]

@@ -1,0 +1,340 @@
+"""Stage-1 LightningModule: train the proposal generator on seen classes (§a.1, §d.1).
+
+Hyperparameters are plain data; the task builds the generator, the Hungarian set criterion and
+the frozen CLIP text embeddings of the vocabulary (kept as a buffer; the CLIP model itself is not
+kept). Validation runs semantic inference with A^p over the seen classes and logs seen mIoU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maft.errors import CheckpointError, ConfigError
+from maft.losses.matcher import HungarianMatcher
+from maft.losses.set_criterion import SetCriterion, targets_from_label
+from maft.metrics import ZeroShotSegMetrics
+from maft.models.inference import postprocess_to_original, semantic_scores
+from maft.models.proposals import MaskProposalGenerator, proposal_scores
+from maft.tasks.common import segmentation_targets
+
+CRITERION_DEFAULTS: dict[str, Any] = {
+    "cost_class": 2.0,
+    "cost_mask": 5.0,
+    "cost_dice": 5.0,
+    "class_weight": 1.0,
+    "mask_weight": 20.0,
+    "dice_weight": 5.0,
+    "eos_coef": 0.1,
+    "num_points": 12544,
+    "oversample_ratio": 3.0,
+    "importance_sample_ratio": 0.75,
+    "deep_supervision": True,
+}
+OPTIM_DEFAULTS: dict[str, Any] = {
+    "lr": 1.5e-4,
+    "weight_decay": 1.5e-4,
+    "backbone_lr_mult": 0.1,
+    "poly_power": 0.9,
+    "max_steps": None,
+    "grad_clip": 0.01,
+}
+CLIP_DEFAULTS: dict[str, Any] = {"name": "ViT-B-16", "pretrained": None}
+NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.Embedding)
+NO_DECAY_NAMES = ("void_embedding", "level_embed")
+
+
+def _plain(value: Any) -> Any:
+    """Recursively turn mappings/sequences (e.g. OmegaConf containers) into dict/list."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(defaults: dict[str, Any], given: Mapping | None, key: str) -> dict[str, Any]:
+    """Defaults updated by `given`; unknown keys raise ConfigError naming them."""
+    given = _plain(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"ProposalTask {key}: unknown keys {unknown}; allowed {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+@torch.no_grad()
+def build_text_embeddings(
+    name: str, pretrained: str | None, class_names: list[str]
+) -> torch.Tensor:
+    """Frozen CLIP text embeddings [C, D] (L2-normalised, §a.3) of the vocabulary."""
+    from maft.models.clip import TextClassifier, build_clip, get_tokenizer
+
+    model, _ = build_clip(name, pretrained)
+    emb = TextClassifier(model, get_tokenizer(name))(class_names)
+    return F.normalize(emb.detach().float().cpu(), dim=-1)
+
+
+class ProposalTask(L.LightningModule):
+    """Mask2Former-style proposal generator trained with the set criterion on seen classes."""
+
+    def __init__(
+        self,
+        *,
+        class_names: list[str],
+        seen: list[bool] | None = None,
+        ignore_index: int = 255,
+        clip: dict | None = None,
+        generator: dict | None = None,
+        criterion: dict | None = None,
+        optim: dict | None = None,
+    ) -> None:
+        super().__init__()
+        class_names = [str(n) for n in _plain(class_names)]
+        seen = [True] * len(class_names) if seen is None else [bool(s) for s in _plain(seen)]
+        if not class_names or len(seen) != len(class_names) or not any(seen):
+            raise ConfigError(
+                f"ProposalTask: need >= 1 class name and a seen flag per class with at least one "
+                f"seen class (got {len(class_names)} names, {len(seen)} flags)"
+            )
+        hparams = {
+            "class_names": class_names,
+            "seen": seen,
+            "ignore_index": int(ignore_index),
+            "clip": _merge(CLIP_DEFAULTS, clip, "clip"),
+            "generator": _plain(generator or {}),
+            "criterion": _merge(CRITERION_DEFAULTS, criterion, "criterion"),
+            "optim": _merge(OPTIM_DEFAULTS, optim, "optim"),
+        }
+        self.save_hyperparameters(hparams)
+        text = build_text_embeddings(
+            hparams["clip"]["name"], hparams["clip"]["pretrained"], class_names
+        )
+        self.register_buffer("text_emb", text)  # [C, D], all classes of the vocabulary
+        seen_t = torch.tensor(seen)
+        self.register_buffer("seen_idx", seen_t.nonzero().flatten(), persistent=False)
+        class_map = torch.full((len(seen),), -1, dtype=torch.int64)
+        class_map[seen_t] = torch.arange(int(seen_t.sum()))
+        self.register_buffer("class_map", class_map, persistent=False)  # full id -> seen id
+        self.generator = self._build_generator(hparams["generator"], text.shape[1])
+        self.criterion = self._build_criterion(hparams["criterion"], int(seen_t.sum()))
+        self._val_conf: torch.Tensor | None = None
+
+    @staticmethod
+    def _build_generator(kwargs: dict, clip_dim: int) -> MaskProposalGenerator:
+        """MaskProposalGenerator from config; clip_dim defaults to the text embedding size."""
+        if kwargs.get("clip_dim", clip_dim) != clip_dim:
+            raise ConfigError(
+                f"generator.clip_dim={kwargs['clip_dim']} but the CLIP text embeddings have size "
+                f"{clip_dim}; remove generator.clip_dim or make it match"
+            )
+        try:
+            return MaskProposalGenerator(**{**kwargs, "clip_dim": clip_dim})
+        except TypeError as err:
+            raise ConfigError(f"ProposalTask generator config: {err}") from err
+
+    @staticmethod
+    def _build_criterion(cfg: dict, num_classes: int) -> SetCriterion:
+        """Hungarian matcher + set criterion over the seen classes (§d.1)."""
+        matcher = HungarianMatcher(
+            cost_class=cfg["cost_class"],
+            cost_mask=cfg["cost_mask"],
+            cost_dice=cfg["cost_dice"],
+            num_points=cfg["num_points"],
+        )
+        keys = ("class_weight", "mask_weight", "dice_weight", "eos_coef", "num_points")
+        keys += ("oversample_ratio", "importance_sample_ratio", "deep_supervision")
+        return SetCriterion(num_classes, matcher, **{k: cfg[k] for k in keys})
+
+    @property
+    def seen_text_emb(self) -> torch.Tensor:
+        """Text embeddings of the seen classes [C_seen, D] (training vocabulary)."""
+        return self.text_emb[self.seen_idx]
+
+    def forward(self, images: torch.Tensor, text_emb: torch.Tensor | None = None) -> dict:
+        """Full generator output (with aux outputs) for the given or the seen vocabulary."""
+        return self.generator(images, self.seen_text_emb if text_emb is None else text_emb)
+
+    def proposals(
+        self, images: torch.Tensor, text_emb: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Proposals for the next stage: mask_logits [B, N, h, w], class_logits [B, N, C+1].
+
+        Uses the stored vocabulary (all classes, seen and unseen) unless `text_emb` [C, D] is given.
+        """
+        out = self.generator(images, self.text_emb if text_emb is None else text_emb)
+        return {"mask_logits": out["mask_logits"], "class_logits": out["class_logits"]}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Set-criterion loss of one batch with per-class binary targets in seen index space."""
+        targets = [
+            targets_from_label(label, self.hparams.ignore_index, self.class_map)
+            for label in batch["label"]
+        ]
+        losses = self.criterion(self(batch["image"]), targets)
+        bs = batch["image"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        for key in ("loss_ce", "loss_mask", "loss_dice"):
+            self.log(f"train/{key}", losses[key], batch_size=bs)
+        return losses["loss"]
+
+    @torch.no_grad()
+    def semantic_inference(
+        self,
+        images: torch.Tensor,
+        valid_size: torch.Tensor | None = None,
+        orig_size: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Seen-class label maps (benchmark ids) at the original size: argmax Σ_q A^p σ(M_q), §a.5.
+
+        Upsampling uses ``align_corners=False`` as Mask2Former's training and inference do (the
+        point-sampled losses follow that convention); FreeSeg's MAFT path uses True.
+        """
+        out = self(images)
+        h, w = images.shape[-2:]
+        scores = semantic_scores(
+            proposal_scores(out["class_logits"]), out["mask_logits"], (h, w), align_corners=False
+        )  # [B, S, H, W]
+        b = images.shape[0]
+        valid_size = torch.tensor([[h, w]] * b) if valid_size is None else valid_size
+        orig_size = valid_size if orig_size is None else orig_size
+        return [
+            self.seen_idx[
+                postprocess_to_original(
+                    scores[i], tuple(valid_size[i].tolist()), tuple(orig_size[i].tolist())
+                ).argmax(0)
+            ]
+            for i in range(b)
+        ]  # per image [H0, W0]
+
+    def _start_metrics(self) -> None:
+        seen = torch.tensor(self.hparams.seen, dtype=torch.bool)
+        self._metric = ZeroShotSegMetrics(
+            num_classes=len(self.hparams.class_names),
+            seen=seen if not bool(seen.all()) else None,
+            ignore_index=self.hparams.ignore_index,
+        ).to(self.device)
+
+    def _eval_step(self, batch: dict) -> None:
+        preds = self.semantic_inference(batch["image"], batch["valid_size"], batch["orig_size"])
+        for pred, target in segmentation_targets(preds, batch):
+            self._metric.update(pred[None], target[None])
+
+    def _finish(self, stage: str) -> dict[str, Any]:
+        r = self._metric.compute()
+        key = "miou_seen" if "miou_seen" in r else "miou"
+        self.log(f"{stage}/miou_seen", float(r[key]), prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/pacc", float(r["pacc"]), sync_dist=False)
+        return r
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_metrics()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_metrics()
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.results = {getattr(self, "eval_name", "test"): self._finish("test")}
+
+    def param_groups(self) -> list[dict]:
+        """AdamW groups: backbone lr × backbone_lr_mult; no weight decay on norms/embeddings."""
+        cfg = self.hparams.optim
+        groups: dict[tuple[bool, bool], list] = {}
+        for mod_name, module in self.generator.named_modules():
+            for p_name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                no_decay = isinstance(module, NO_DECAY_MODULES) or p_name in NO_DECAY_NAMES
+                is_backbone = mod_name.startswith("backbone")
+                groups.setdefault((is_backbone, no_decay), []).append(param)
+        return [
+            {
+                "params": params,
+                "lr": cfg["lr"] * (cfg["backbone_lr_mult"] if is_backbone else 1.0),
+                "weight_decay": 0.0 if no_decay else cfg["weight_decay"],
+            }
+            for (is_backbone, no_decay), params in sorted(groups.items())
+        ]
+
+    def configure_optimizers(self) -> dict:
+        """AdamW + per-step poly schedule (power 0.9) to max_steps (§d.1)."""
+        cfg = self.hparams.optim
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg["lr"])
+        max_steps = cfg["max_steps"] or int(self.trainer.estimated_stepping_batches)
+        power = cfg["poly_power"]
+
+        def poly(step: int) -> float:
+            return (1.0 - min(step, max_steps) / max_steps) ** power
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Full-model gradient L2-norm clipping at optim.grad_clip (0.01, §d.1)."""
+        clip = self.hparams.optim["grad_clip"]
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):
+        """Load weights; another vocabulary size or architecture raises CheckpointError."""
+        if strict:
+            check_state_dict(self.state_dict(), state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def check_state_dict(expected: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Raise CheckpointError naming missing, unexpected and shape-mismatched keys."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(given))
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        parts.append(f"shape mismatch {shapes[:3]}")
+    if missing:
+        parts.append(f"missing keys {missing[:3]} ({len(missing)} total)")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:3]} ({len(unexpected)} total)")
+    hint = (
+        " (text_emb differs: the checkpoint was trained with another vocabulary size)"
+        if any(s.startswith("text_emb") for s in shapes)
+        else ""
+    )
+    raise CheckpointError(
+        "ProposalTask checkpoint does not match the model: "
+        + "; ".join(parts)
+        + hint
+        + ". Build the task with the checkpoint's hyperparameters "
+        "(ProposalTask.load_from_checkpoint(path) without overrides)."
+    )
+
+
+__all__ = ["ProposalTask", "build_text_embeddings"]
