@@ -1,7 +1,8 @@
 """Where the Hydra configs live, and `compose()`: resolve configs exactly like the CLI does.
 
-The configs are the top-level `conf/` folder of a checkout; the wheel ships the same files as
-`maft/conf` (package data), so `python -m maft.train` works from a checkout and after `pip install .`.
+The configs are the top-level `conf/` folder of a checkout; the wheel ships the same files
+as `maft/conf` (package data), so `python -m maft.train` works from a checkout and after a plain
+`pip install .`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def config_dir() -> Path:
-    """Absolute path of the Hydra config folder (installed `maft/conf` or the checkout's `conf/`)."""
+    """Absolute path of the Hydra configs (installed `maft/conf`, else the checkout's `conf/`)."""
     for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parents[1] / "conf"):
         if (candidate / "train.yaml").is_file():
             return candidate

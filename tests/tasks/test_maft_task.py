@@ -62,7 +62,7 @@ def test_one_step_changes_exactly_the_spec_parameters() -> None:
     after = task.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     trainable_keys = {n for n in trainable}
-    assert changed == trainable_keys, (changed ^ trainable_keys)
+    assert changed == trainable_keys, changed ^ trainable_keys
     # the teacher keeps the original weights, the student moved away from them
     assert torch.equal(
         after["teacher_visual.ln_post.weight"], before["clip_model.visual.ln_post.weight"]
