@@ -36,4 +36,4 @@ demo-quick: $(STAMP)  ## the same pipeline on a smaller world with fewer steps (
 	$(PY) -m maft.train experiment=world_quick
 
 bench: $(STAMP)  ## speed/memory figures (quick presets on CPU; see scripts/ for --preset real and --device cuda)
-	$(PY) scripts/bench_ip_clip.py --preset quick && $(PY) scripts/bench_proposals.py --preset quick && $(PY) scripts/bench_maft_step.py --preset quick
+	$(PY) scripts/bench_ip_clip.py --preset quick --out bench_ip_clip.json && $(PY) scripts/bench_proposals.py --backbone resnet18 --size 128 --out bench_proposals.json && $(PY) scripts/bench_maft_step.py --preset quick --out bench_maft_step.json

@@ -63,6 +63,11 @@ def build_vocabulary(cfg: DictConfig) -> Vocabulary:
         if split is None:
             vocab = Vocabulary.from_names(vocab.names, None, vocab.ignore_index)
         return vocab
+    if bench == "world":
+        from maft.world.writer import world_vocabulary
+
+        vocab = world_vocabulary()
+        return Vocabulary.from_names(vocab.names, None) if split is None else vocab
     if split == "from_file":
         split = "zero_shot"
     return Vocabulary.from_benchmark(bench, split=split)
@@ -94,6 +99,10 @@ def build_trainer(cfg: DictConfig, stage: str, max_steps: int) -> L.Trainer:
         for node in (cfg.get("logger") or {}).values()
         if node is not None
     ]
+    if not loggers:  # Lightning refuses a learning-rate monitor without a logger
+        callbacks = [
+            c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)
+        ]
     kwargs = _plain(cfg.trainer)
     try:
         return L.Trainer(
@@ -241,15 +250,32 @@ def _finish(cfg, vocab, results, timings, ckpt) -> dict[str, Any]:
     return {"results": results, "meta": meta, "timings_s": timings}
 
 
+def resolve_clip_weights(cfg: DictConfig, timings: dict[str, float]) -> None:
+    """Pretrain (or reuse from the cache) the built-in world's CLIP when the config asks for it."""
+    wp = cfg.model.clip.get("world_pretrain")
+    if not wp or cfg.model.clip.get("pretrained"):
+        return
+    from maft.world.pretrain import ensure_world_clip
+
+    t0 = time.perf_counter()
+    kwargs = _plain(wp)
+    path = ensure_world_clip(Path(cfg.paths.cache_dir) / "world_clip", **kwargs)
+    cfg.model.clip.pretrained = str(path)
+    timings["clip pretrain (or cache)"] = time.perf_counter() - t0
+
+
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured stages, evaluate the configured rows, write the reports."""
     torch.set_float32_matmul_precision("high")
     L.seed_everything(int(cfg.seed), workers=True)
     stages, rows = _stages(cfg), list(cfg.get("evaluate") or [])
-    vocab = build_vocabulary(cfg)
-    dm = build_datamodule(cfg, vocab)
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    vocab = build_vocabulary(cfg)
+    dm = build_datamodule(cfg, vocab)
+    timings["data"] = time.perf_counter() - t0
+    resolve_clip_weights(cfg, timings)
     ckpt = cfg.get("proposals_ckpt")
     if "proposals" in stages:
         t0 = time.perf_counter()
@@ -279,6 +305,12 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             results["maft"] = evaluate(task, dm, cfg, "maft")
             timings["eval maft"] = time.perf_counter() - t0
+        if int(cfg.get("pictures") or 0) > 0:
+            from maft.pictures import write_run_pictures
+
+            t0 = time.perf_counter()
+            write_run_pictures(task, dm, vocab, cfg.paths.output_dir, int(cfg.pictures))
+            timings["pictures"] = time.perf_counter() - t0
     return _finish(cfg, vocab, results, timings, final)
 
 
@@ -304,9 +336,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     vocab = build_vocabulary(cfg)
     dm = build_datamodule(cfg, vocab)
-    task = load_task_for_eval(cfg, vocab)
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
+    resolve_clip_weights(cfg, timings)
+    task = load_task_for_eval(cfg, vocab)
     for row in list(cfg.get("evaluate") or ["maft"]):
         t0 = time.perf_counter()
         results[row] = evaluate(task, dm, cfg, row)

@@ -115,6 +115,10 @@ class MaftTask(L.LightningModule):
         self._set_trainable(self.recipe["trainable"])
         # Not registered as submodules: both wrap clip_model's own weights (no duplicate keys).
         self.__dict__["student"] = IPClipEncoder.from_open_clip(model.visual, self.start_layer)
+        # The teacher runs IP-CLIP's mask-free path: positional grid resized to any input (§b.2).
+        self.__dict__["teacher"] = IPClipEncoder.from_open_clip(
+            self.teacher_visual, self.start_layer
+        )
         self.__dict__["text"] = TextClassifier(model, get_tokenizer(clip["name"]))
         self._segmenters: dict[tuple, ZeroShotSegmenter] = {}
         self.eval_vocabularies: list[Vocabulary] = [self.vocab]
@@ -142,6 +146,10 @@ class MaftTask(L.LightningModule):
         self.teacher_visual.eval()
         self.clip_model.transformer.eval()
         return self
+
+    def on_train_start(self) -> None:
+        """Lightning keeps construction-time modes: put the student in train mode, the rest not."""
+        self.train()
 
     # ------------------------------------------------------------------ text embeddings
     def text_embeddings(self, vocab: Vocabulary) -> torch.Tensor:
@@ -179,7 +187,7 @@ class MaftTask(L.LightningModule):
         l_ma = mask_aware_loss(a_c, soft, label, self.vocab.ignore_index, class_map=class_map)
         a_s = self.text.logits(self.student(x).float(), t_train).softmax(-1)  # [B, S]
         with torch.no_grad():
-            a_t = self.text.logits(self.teacher_visual(x).float(), t_train).softmax(-1)
+            a_t = self.text.logits(self.teacher(x).float(), t_train).softmax(-1)
         l_dis = self_distillation_loss(a_s, a_t)
         return {
             "loss_ma": l_ma,
