@@ -1,4 +1,4 @@
-"""Pictures of a finished run: overlays, image | GT | prediction panels, frozen-vs-MAFT top-5 figures.
+"""Pictures of a finished run: overlays, image|GT|prediction panels, frozen-vs-MAFT top-5 figures.
 
 Written into ``<run>/pictures/`` for the first few test images (issue 9 step 7, issue 10).
 """
