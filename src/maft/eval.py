@@ -6,11 +6,12 @@ import hydra
 from omegaconf import DictConfig
 
 from maft.config import CONFIG_DIR
-from maft.runner import cli_guard, run_eval
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def _main(cfg: DictConfig) -> None:
+    from maft.runner import cli_guard, run_eval  # heavy imports only when a job really runs
+
     with cli_guard():
         run_eval(cfg)
 

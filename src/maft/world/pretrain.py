@@ -419,10 +419,14 @@ def sidecar(path: str | Path) -> Path:
 
 
 def ensure_world_clip(cache_dir: str | Path, seed: int = 0, **kwargs: Any) -> Path:
-    """Path of a pretrained world CLIP in ``cache_dir``; retrain only when the cache key differs."""
-    path = Path(cache_dir) / f"{MODEL_NAME}-s{seed}.pt"
-    meta_path = sidecar(path)
+    """Path of a pretrained world CLIP in ``cache_dir``; retrain only when the cache key differs.
+
+    The file name carries the key, so runs with other settings (e.g. the quick variant) never
+    overwrite each other's weights.
+    """
     key = config_key(seed, **kwargs)
+    path = Path(cache_dir) / f"{MODEL_NAME}-s{seed}-{key}.pt"
+    meta_path = sidecar(path)
     if path.is_file() and meta_path.is_file():
         try:
             if json.loads(meta_path.read_text("utf-8")).get("key") == key:
