@@ -120,13 +120,33 @@ def test_ensure_world_clip_caches_by_key(tmp_path: Path) -> None:
 
 
 def test_cache_files_are_keyed_by_settings(tmp_path):
-    """Two settings never share a cache file (the quick variant must not clobber the demo's CLIP)."""
+    """Two settings never share a cache file (the quick run must not clobber the demo CLIP)."""
     from maft.world.pretrain import config_key, ensure_world_clip
 
-    a = ensure_world_clip(tmp_path, seed=0, steps=1, budget_s=None, pool_size=16, eval_images=4,
-                          eval_scenes=4, progress=False)
-    b = ensure_world_clip(tmp_path, seed=0, steps=2, budget_s=None, pool_size=16, eval_images=4,
-                          eval_scenes=4, progress=False)
+    a = ensure_world_clip(
+        tmp_path,
+        seed=0,
+        steps=1,
+        budget_s=None,
+        pool_size=16,
+        eval_images=4,
+        eval_scenes=4,
+        progress=False,
+    )
+    b = ensure_world_clip(
+        tmp_path,
+        seed=0,
+        steps=2,
+        budget_s=None,
+        pool_size=16,
+        eval_images=4,
+        eval_scenes=4,
+        progress=False,
+    )
     assert a != b and a.is_file() and b.is_file()
-    assert config_key(0, steps=1, budget_s=None, pool_size=16, eval_images=4, eval_scenes=4,
-                      progress=False) in a.name
+    assert (
+        config_key(
+            0, steps=1, budget_s=None, pool_size=16, eval_images=4, eval_scenes=4, progress=False
+        )
+        in a.name
+    )
