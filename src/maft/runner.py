@@ -20,10 +20,13 @@ import lightning as L
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from torch.utils.data import DataLoader
 
 from maft.data.vocabulary import Vocabulary
+from maft.distributed import StepSeeder, sharded_loader
 from maft.errors import ConfigError, MaftError
 from maft.reports import config_hash, summary_table, write_reports
 
@@ -86,9 +89,12 @@ def _stage_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.paths.output_dir) / "checkpoints" / stage
 
 
-def build_trainer(cfg: DictConfig, stage: str, max_steps: int) -> L.Trainer:
-    """A Lightning Trainer for one stage: its own checkpoint folder and logger sub-folder."""
-    callbacks = []
+def build_trainer(cfg: DictConfig, stage: str, max_steps: int, **trainer_kwargs: Any) -> L.Trainer:
+    """A Lightning Trainer for one stage: its own checkpoint folder and logger sub-folder.
+
+    ``trainer_kwargs`` override ``cfg.trainer`` (the evaluation turns Lightning's sampler off).
+    """
+    callbacks: list[L.Callback] = [StepSeeder(int(cfg.seed), stage)] if stage in STAGES else []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
             continue
@@ -103,7 +109,7 @@ def build_trainer(cfg: DictConfig, stage: str, max_steps: int) -> L.Trainer:
         callbacks = [
             c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)
         ]
-    kwargs = _plain(cfg.trainer)
+    kwargs = {**_plain(cfg.trainer), **trainer_kwargs}
     try:
         return L.Trainer(
             max_steps=int(max_steps),
@@ -176,22 +182,25 @@ def _test_sets(dm: L.LightningDataModule, vocab: Vocabulary) -> tuple[list[Vocab
     return vocabs, names
 
 
-def _first_loader(dm: L.LightningDataModule):
+def _test_loaders(dm: L.LightningDataModule) -> list[DataLoader]:
     dm.setup("test")
     loaders = dm.test_dataloader()
-    return loaders[0] if isinstance(loaders, list | tuple) else loaders
+    return [
+        sharded_loader(x) for x in (loaders if isinstance(loaders, list | tuple) else [loaders])
+    ]
 
 
 def evaluate(task, dm, cfg: DictConfig, mode: str) -> dict[str, dict[str, Any]]:
     """Run the test loop of ``task`` in evaluation ``mode``; return ``{benchmark: metrics}``."""
-    trainer = build_trainer(cfg.copy(), f"test_{mode}", max_steps=-1)
+    trainer = build_trainer(cfg.copy(), f"test_{mode}", max_steps=-1, use_distributed_sampler=False)
+    loaders = _test_loaders(dm)
     if mode == "proposals":  # A^p over the seen classes, on the main test set
         task.eval_name = (getattr(dm, "test_names", None) or ["test"])[0]
-        trainer.test(task, dataloaders=_first_loader(dm), verbose=False)
+        trainer.test(task, dataloaders=loaders[0], verbose=False)
         return dict(task.results)
     vocabs, names = _test_sets(dm, task.vocab)
     task.eval_vocabularies, task.eval_names, task.eval_mode = vocabs, names, mode
-    trainer.test(task, datamodule=dm, verbose=False)
+    trainer.test(task, dataloaders=loaders if len(loaders) > 1 else loaders[0], verbose=False)
     return dict(task.results)
 
 
@@ -244,9 +253,10 @@ def _meta(cfg: DictConfig, vocab: Vocabulary, ckpt: str | None) -> dict[str, Any
 def _finish(cfg, vocab, results, timings, ckpt) -> dict[str, Any]:
     meta = _meta(cfg, vocab, ckpt)
     out = Path(cfg.paths.output_dir)
-    write_reports(out, results, meta, timings)
-    print(summary_table(results, meta))
-    print(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
+    if rank_zero_only.rank == 0:  # DDP: every rank holds the synced metrics; one writes them
+        write_reports(out, results, meta, timings)
+        print(summary_table(results, meta))
+        print(f"\nreport: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
     return {"results": results, "meta": meta, "timings_s": timings}
 
 
