@@ -222,7 +222,8 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int) -> str:
     if cfg.get("ckpt_path") == "last" and final.is_file():
         log.info("stage %s already finished: %s", stage, final)
         return str(final)
-    trainer = build_trainer(cfg, stage, max_steps)
+    extra = _plain((cfg.get("stage_trainer") or {}).get(stage) or {})  # e.g. bf16 for one stage
+    trainer = build_trainer(cfg, stage, max_steps, **extra)
     trainer.fit(task, datamodule=dm, ckpt_path=_resume_path(cfg, stage))
     final.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(str(final))
