@@ -44,7 +44,9 @@ CLASSES = {
 
 
 def compose(name: str, data_root: Path, **overrides):
-    cfg = OmegaConf.create({"paths": {"data_root": str(data_root)}})
+    cfg = OmegaConf.create(
+        {"paths": {"data_root": str(data_root), "cache_dir": str(data_root / "c")}}
+    )
     cfg.data = OmegaConf.load(CONF / f"{name}.yaml")
     for k, v in overrides.items():
         cfg.data[k] = v
@@ -53,7 +55,7 @@ def compose(name: str, data_root: Path, **overrides):
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_every_data_config_instantiates_and_reads(tmp_path, name):
-    assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(CLASSES)
+    assert sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "world") == sorted(CLASSES)
     sb = write_benchmark(tmp_path, name, n_images=2, splits=("val",))
     extra = {"root": str(sb.root)} if name == "folder" else {}
     cfg = compose(name, tmp_path, **extra, **SMALL)
