@@ -230,29 +230,33 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int) -> str:
     return str(final)
 
 
-def _meta(cfg: DictConfig, vocab: Vocabulary, ckpt: str | None) -> dict[str, Any]:
-    from maft.metrics import ZeroShotSegMetrics  # noqa: F401 - the rule's home
-
+def _meta(
+    cfg: DictConfig, vocab: Vocabulary, results: dict, ckpt: str | None, task: Any = None
+) -> dict[str, Any]:
+    """Facts of the run for the reports; model facts from the task when one was built or loaded."""
+    hp = dict(getattr(task, "hparams", None) or {})
+    clip = hp.get("clip") or _plain(cfg.model.clip)
+    rules = {m.get("rule") for per in results.values() for m in per.values()}
     return {
         "experiment": cfg.get("experiment_name") or cfg.get("task_name"),
         "benchmark": vocab.benchmark or cfg.data.get("benchmark"),
         "classes": vocab.num_classes,
         "seen/unseen": f"{int(vocab.seen.sum())}/{int((~vocab.seen).sum())}",
-        "rule": "gt_or_pred",
-        "lambda": float(cfg.model.ensemble.lambda_),
-        "form": str(cfg.model.ensemble.form),
-        "classifier": str(cfg.model.classifier),
-        "merge": str(cfg.model.merge),
-        "clip": f"{cfg.model.clip.name} ({cfg.model.clip.pretrained})",
-        "start_layer": int(cfg.model.clip.start_layer),
+        "rule": ", ".join(sorted(r for r in rules if r)) or "gt_or_pred",
+        "lambda": float(getattr(task, "lambda_", cfg.model.ensemble.lambda_)),
+        "form": str(getattr(task, "form", cfg.model.ensemble.form)),
+        "classifier": str(hp.get("classifier", cfg.model.classifier)),
+        "merge": str(hp.get("merge", cfg.model.merge)),
+        "clip": f"{clip.get('name')} ({clip.get('pretrained')})",
+        "start_layer": int(clip.get("start_layer", 0)),
         "checkpoint": ckpt,
         "seed": int(cfg.seed),
         "config_hash": config_hash(OmegaConf.to_yaml(cfg, resolve=True)),
     }
 
 
-def _finish(cfg, vocab, results, timings, ckpt) -> dict[str, Any]:
-    meta = _meta(cfg, vocab, ckpt)
+def _finish(cfg, vocab, results, timings, ckpt, task=None) -> dict[str, Any]:
+    meta = _meta(cfg, vocab, results, ckpt, task)
     out = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:  # DDP: every rank holds the synced metrics; one writes them
         write_reports(out, results, meta, timings)
@@ -296,7 +300,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         if "proposals" in rows:
             results["proposals"] = evaluate(ptask, dm, cfg, "proposals")
     needs_maft = "maft" in stages or any(r != "proposals" for r in rows)
-    final = ckpt
+    final, task = ckpt, None
     if needs_maft:
         if not ckpt:
             raise ConfigError(
@@ -316,13 +320,19 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             results["maft"] = evaluate(task, dm, cfg, "maft")
             timings["eval maft"] = time.perf_counter() - t0
-        if int(cfg.get("pictures") or 0) > 0:
-            from maft.pictures import write_run_pictures
+        _pictures(cfg, task, dm, vocab, timings)
+    return _finish(cfg, vocab, results, timings, final, task)
 
-            t0 = time.perf_counter()
-            write_run_pictures(task, dm, vocab, cfg.paths.output_dir, int(cfg.pictures))
-            timings["pictures"] = time.perf_counter() - t0
-    return _finish(cfg, vocab, results, timings, final)
+
+def _pictures(cfg: DictConfig, task: Any, dm: Any, vocab: Vocabulary, timings: dict) -> None:
+    """Overlays, panels and proposal figures of the first ``cfg.pictures`` test images."""
+    if int(cfg.get("pictures") or 0) <= 0:
+        return
+    from maft.pictures import write_run_pictures
+
+    t0 = time.perf_counter()
+    write_run_pictures(task, dm, vocab, cfg.paths.output_dir, int(cfg.pictures))
+    timings["pictures"] = time.perf_counter() - t0
 
 
 def load_task_for_eval(cfg: DictConfig, vocab: Vocabulary):
@@ -355,7 +365,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         results[row] = evaluate(task, dm, cfg, row)
         timings[f"eval {row}"] = time.perf_counter() - t0
-    return _finish(cfg, vocab, results, timings, str(cfg.ckpt_path))
+    _pictures(cfg, task, dm, vocab, timings)
+    return _finish(cfg, vocab, results, timings, str(cfg.ckpt_path), task)
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:

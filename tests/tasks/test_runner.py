@@ -35,8 +35,10 @@ def test_train_then_eval_writes_reports(tiny_overrides: list[str], tmp_path: Pat
 
     # The same checkpoint evaluated through run_eval gives the same MAFT numbers.
     eval_out = tmp_path / "eval"
+    # real-scale default model group in the eval config: facts must come from the checkpoint
+    eval_over = [o for o in tiny_overrides if not o.startswith("model/clip")]
     ecfg = compose(
-        [*tiny_overrides, f"ckpt_path={maft_ckpt}", "evaluate=[maft]"],
+        [*eval_over, f"ckpt_path={maft_ckpt}", "evaluate=[maft]"],
         config_name="eval",
         output_dir=eval_out,
     )
@@ -47,3 +49,5 @@ def test_train_then_eval_writes_reports(tiny_overrides: list[str], tmp_path: Pat
     assert a["miou"] == b["miou"] or (math.isnan(a["miou"]) and math.isnan(b["miou"]))
     assert a["pacc"] == b["pacc"]
     assert (eval_out / "metrics.json").is_file()
+    assert again["meta"]["clip"].startswith("maft-tiny") and again["meta"]["start_layer"] == 1
+    assert again["meta"]["rule"] == "gt_or_pred"
