@@ -289,6 +289,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     vocab = build_vocabulary(cfg)
     dm = build_datamodule(cfg, vocab)
+    dm.setup("fit" if stages else "test")  # a missing or broken dataset fails now, by name
     timings["data"] = time.perf_counter() - t0
     resolve_clip_weights(cfg, timings)
     ckpt = cfg.get("proposals_ckpt")

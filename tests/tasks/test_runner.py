@@ -51,3 +51,23 @@ def test_train_then_eval_writes_reports(tiny_overrides: list[str], tmp_path: Pat
     assert (eval_out / "metrics.json").is_file()
     assert again["meta"]["clip"].startswith("maft-tiny") and again["meta"]["start_layer"] == 1
     assert again["meta"]["rule"] == "gt_or_pred"
+
+
+def test_missing_dataset_root_fails_first_with_its_path(tmp_path: Path) -> None:
+    import pytest
+
+    from maft.errors import DatasetLayoutError
+
+    cfg = compose(
+        [
+            "experiment=coco_zs",
+            "model/clip=tiny",
+            "model/proposals=tiny",
+            "logger=none",
+            f"paths.data_root={tmp_path / 'nowhere'}",
+            "callbacks=none",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    with pytest.raises(DatasetLayoutError, match="nowhere/coco.*MAFT_DATA_ROOT"):
+        run_train(cfg)

@@ -1,7 +1,9 @@
 """timm `features_only` backbone of the proposal generator (§a.1: ResNet, FrozenBN).
 
-Returns the stride-4/8/16/32 feature maps of any timm model that provides them; pretrained
-weights are read only from local files (never downloaded by maft).
+Returns the stride-4/8/16/32 feature maps of any timm model that provides them. Pretrained
+weights come from ``backbone_weights`` (a local file), else timm's local caches, else timm's own
+download (machines with network); if none works the error says how to get them — a real-scale run
+never silently trains from a random ResNet.
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ def _pretrained_overlay(name: str, weights: str | None) -> dict[str, str]:
     return {"file": str(path)}
 
 
+def _download(name: str) -> nn.Module:
+    """Let timm fetch the pretrained weights (network); a clear ConfigError when it cannot."""
+    try:
+        return timm.create_model(name, pretrained=True, features_only=True)
+    except Exception as err:  # noqa: BLE001 - offline, unknown tag, hub error: one clear message
+        raise ConfigError(
+            f"pretrained_backbone=True but timm could not get weights for '{name}' ({err}). "
+            f"Download them once with `timm.create_model('{name}', pretrained=True)` on a machine "
+            "with network, or pass backbone_weights=<file>, or set pretrained_backbone=false."
+        ) from err
+
+
 class TimmBackbone(nn.Module):
     """Multi-scale CNN features {"res2": 1/4, "res3": 1/8, "res4": 1/16, "res5": 1/32}."""
 
@@ -67,9 +81,12 @@ class TimmBackbone(nn.Module):
     ) -> None:
         super().__init__()
         kwargs = {}
-        if pretrained or weights:
-            kwargs["pretrained_cfg_overlay"] = _pretrained_overlay(name, weights)
-        body = timm.create_model(name, pretrained=bool(kwargs), features_only=True, **kwargs)
+        if pretrained and not weights and _cached_timm_weights(name) is None:
+            body = _download(name)
+        else:
+            if pretrained or weights:
+                kwargs["pretrained_cfg_overlay"] = _pretrained_overlay(name, weights)
+            body = timm.create_model(name, pretrained=bool(kwargs), features_only=True, **kwargs)
         reductions = body.feature_info.reduction()
         missing = [s for s in STRIDES if s not in reductions]
         if missing:
