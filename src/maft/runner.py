@@ -192,7 +192,7 @@ def _test_loaders(dm: L.LightningDataModule) -> list[DataLoader]:
 
 def evaluate(task, dm, cfg: DictConfig, mode: str) -> dict[str, dict[str, Any]]:
     """Run the test loop of ``task`` in evaluation ``mode``; return ``{benchmark: metrics}``."""
-    trainer = build_trainer(cfg.copy(), f"test_{mode}", max_steps=-1, use_distributed_sampler=False)
+    trainer = build_trainer(cfg, f"test_{mode}", max_steps=-1, use_distributed_sampler=False)
     loaders = _test_loaders(dm)
     if mode == "proposals":  # A^p over the seen classes, on the main test set
         task.eval_name = (getattr(dm, "test_names", None) or ["test"])[0]

@@ -121,6 +121,7 @@ class MaftTask(L.LightningModule):
         )
         self.__dict__["text"] = TextClassifier(model, get_tokenizer(clip["name"]))
         self._segmenters: dict[tuple, ZeroShotSegmenter] = {}
+        self._train_cache: dict[tuple, torch.Tensor] = {}  # frozen text side: computed once
         self.eval_vocabularies: list[Vocabulary] = [self.vocab]
         self.eval_names: list[str] = [self.vocab.benchmark or "val"]
         self.results: dict[str, dict[str, float]] = {}
@@ -157,8 +158,19 @@ class MaftTask(L.LightningModule):
         return self.text(vocab.names).to(self.device)
 
     def train_embeddings(self) -> torch.Tensor:
-        """Text embeddings of the training classes (the seen ones) ``[S, D]``."""
-        return self.text_embeddings(self.vocab)[self.vocab.seen_indices.to(self.device)]
+        """Text embeddings of the training classes (the seen ones) ``[S, D]``, cached per device."""
+        key = ("train_emb", self.device)
+        if key not in self._train_cache:
+            emb = self.text_embeddings(self.vocab)[self.vocab.seen_indices.to(self.device)]
+            self._train_cache[key] = emb
+        return self._train_cache[key]
+
+    def train_class_map(self, device: torch.device) -> torch.Tensor:
+        """Label id -> column of the training classes (-1 unseen), cached per device."""
+        key = ("class_map", device)
+        if key not in self._train_cache:
+            self._train_cache[key] = self.vocab.seen_class_map().to(device)
+        return self._train_cache[key]
 
     # ------------------------------------------------------------------ training
     def clip_canvas(self, images: torch.Tensor) -> torch.Tensor:
@@ -183,7 +195,7 @@ class MaftTask(L.LightningModule):
         x = self.clip_canvas(images)
         emb = self.student(x, soft)  # [B, N, D]
         a_c = self.text.logits(emb.float(), t_train).softmax(-1)  # [B, N, S]
-        class_map = self.vocab.seen_class_map().to(label.device)
+        class_map = self.train_class_map(label.device)
         l_ma = mask_aware_loss(a_c, soft, label, self.vocab.ignore_index, class_map=class_map)
         a_s = self.text.logits(self.student(x).float(), t_train).softmax(-1)  # [B, S]
         with torch.no_grad():
