@@ -26,7 +26,9 @@ if not CONF.is_dir():  # installed package
 
     CONF = Path(CONFIG_DIR) / "model"
 PRESETS = {
-    "real": dict(clip="vit_b16", proposals="r101", crop=640, test=(640, 864), batch=2, repeats=3),
+    "real": dict(
+        clip="vit_b16", proposals="freeseg_r101", crop=640, test=(640, 864), batch=2, repeats=3
+    ),
     "quick": dict(clip="tiny", proposals="tiny", crop=64, test=(64, 96), batch=2, repeats=3),
 }
 OFFICIAL = {"train_s_per_iter_batch2_per_gpu": 0.365, "peak_gb_per_gpu": 20.5, "infer_s": 0.1}

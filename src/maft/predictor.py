@@ -112,7 +112,7 @@ class Prediction:
     seen_names: list[str]
     unseen_names: list[str]
     proposals: list[dict[str, Any]]
-    scores: torch.Tensor | None = None  # float32 [C, H, W] or None
+    scores: torch.Tensor | None = None  # float32 [C, H, W] (sem_seg before argmax) or None
     image: np.ndarray | None = field(default=None, repr=False)  # uint8 [H, W, 3]
 
     def class_shares(self) -> dict[str, float]:
@@ -210,6 +210,32 @@ class Predictor:
             task.form = str(form)
         return cls(task, device=device, mode=mode, short_side=short_side)
 
+    @classmethod
+    def from_official(
+        cls,
+        weights: str | Path,
+        config: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        mode: str | None = None,
+    ) -> Predictor:
+        """Rebuild a released model from its detectron2 checkpoint (``freeseg_model.pt``,
+        ``MAFT_Vitb.pt``, ``MAFT_Vitl.pt``) as released, or with an official resolved yaml.
+
+        Test-time settings (short side, long side, λ) come from ``config`` when given, else the
+        released ones (640, 2560, 0). ``mode`` defaults to ``maft`` for MAFT files and
+        ``frozen_ip_clip`` (FreeSeg's row) for FreeSeg files.
+        """
+        from maft.tasks.release import maft_task_from_release
+
+        task, settings, _ = maft_task_from_release(weights, config)
+        return cls(
+            task,
+            device=device,
+            mode=mode or task.eval_mode,
+            short_side=settings.min_size_test,
+            max_long_side=settings.max_size_test,
+        )
+
     def segmenter(self, mode: str | None = None) -> Any:
         """The task's ZeroShotSegmenter of ``mode`` (default: the predictor's mode)."""
         return self.task.segmenter(mode or self.mode)
@@ -263,10 +289,15 @@ class Predictor:
         image: ImageLike,
         vocabulary: VocabLike,
         top_k: int = 5,
-        return_scores: bool = False,
+        return_scores: bool = True,
         mode: str | None = None,
     ) -> Prediction:
-        """Segment ``image`` over ``vocabulary``; label values index the vocabulary's names."""
+        """Segment ``image`` over ``vocabulary``; label values index the vocabulary's names.
+
+        ``scores`` is the per-class score map ``[C, H, W]`` at the original size before the argmax
+        (the official ``sem_seg`` output; ``label_map`` is its argmax); pass
+        ``return_scores=False`` to drop it (large vocabularies on large images).
+        """
         out, info = self.run(image, vocabulary, mode)
         vocab = info["vocab"]
         scores = out.scores[0].float().cpu()  # [C, H0, W0]
@@ -407,7 +438,7 @@ def run_predict_cli(cfg: Any) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     top_k, used, written = int(_get(cfg, "top_k", 5)), set(), []
     for path in tqdm(images, desc="predict", unit="image", disable=len(images) < 2):
-        pred = predictor.predict(path, vocab, top_k=top_k)
+        pred = predictor.predict(path, vocab, top_k=top_k, return_scores=False)
         stem = _unique_stem(path, used)
         files = {
             "label": out_dir / f"{stem}_label.png",

@@ -61,6 +61,10 @@ def markdown_tables(results: Mapping[str, Mapping[str, Mapping[str, Any]]], meta
         for key, m in rows:
             cells = " | ".join(_fmt(m.get(k)) for k, _ in cols)
             lines.append(f"| {row_label(key, meta)} | {cells} |")
+        paper = (meta.get("paper_row") or {}).get(bench)
+        if paper is not None:  # a release file: the paper's number beside ours
+            cells = " | ".join(_fmt(paper) if k == "miou" else "–" for k, _ in cols)
+            lines.append(f"| paper ({meta.get('paper_row_name')}) | {cells} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

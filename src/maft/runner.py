@@ -153,6 +153,16 @@ def build_proposal_task(cfg: DictConfig, vocab: Vocabulary) -> L.LightningModule
         raise ConfigError(f"model.proposals: {err}") from err
 
 
+def stage2_generator(generator: dict[str, Any]) -> dict[str, Any]:
+    """Generator config of stage 2: weights come from stage 1, so initialisation files go."""
+    out = dict(generator)
+    if out.get("backbone_weights"):
+        out["backbone_weights"] = None
+    if out.get("pretrained_backbone"):
+        out["pretrained_backbone"] = False
+    return out
+
+
 def build_maft_task(cfg: DictConfig, vocab: Vocabulary, proposals_ckpt: str | None):
     """MaftTask (stage 2 + frozen baselines) from ``model.*`` and a stage-1 checkpoint."""
     from maft.tasks.maft_task import MaftTask
@@ -162,7 +172,7 @@ def build_maft_task(cfg: DictConfig, vocab: Vocabulary, proposals_ckpt: str | No
         return MaftTask(
             vocabulary=vocab.to_dict(),
             clip=_plain(m.clip),
-            generator=_plain(m.proposals),
+            generator=stage2_generator(_plain(m.proposals)),
             maft=_plain(m.maft),
             ensemble=_plain(m.ensemble),
             classifier=m.classifier,
@@ -237,7 +247,23 @@ def _meta(
     hp = dict(getattr(task, "hparams", None) or {})
     clip = hp.get("clip") or _plain(cfg.model.clip)
     rules = {m.get("rule") for per in results.values() for m in per.values()}
+    release = dict(hp.get("release") or {})
+    extra: dict[str, Any] = {}
+    if release:
+        extra = {
+            "release file": release.get("file"),
+            "release settings": release.get("settings_from"),
+            "paper_row_name": release.get("paper_row_name"),
+            "paper_row": release.get("paper_row"),
+        }
+    gen = hp.get("generator") or _plain(cfg.model.proposals)
+    if task is not None and hasattr(task, "generator_train_mode"):
+        extra["generator mode during MAFT training"] = (
+            "train (dropout on, as released)" if task.generator_train_mode else "eval"
+        )
     return {
+        **extra,
+        "generator": str(gen.get("arch", "lite")),
         "experiment": cfg.get("experiment_name") or cfg.get("task_name"),
         "benchmark": vocab.benchmark or cfg.data.get("benchmark"),
         "classes": vocab.num_classes,
@@ -344,6 +370,15 @@ def load_task_for_eval(cfg: DictConfig, vocab: Vocabulary):
     path = cfg.get("ckpt_path")
     if not path or path == "???":
         raise ConfigError("ckpt_path is required: python -m maft.eval ckpt_path=<checkpoint> ...")
+    from maft.models.release import is_release_file
+
+    if is_release_file(path):  # an official FreeSeg / MAFT release file, as downloaded
+        from maft.tasks.release import maft_task_from_release
+
+        task, _, _ = maft_task_from_release(path, cfg.get("release_config"))
+        task.lambda_ = float(cfg.model.ensemble.lambda_)
+        task.form = str(cfg.model.ensemble.form)
+        return task
     hp = read_lightning_checkpoint(path).get("hyper_parameters") or {}
     if "criterion" in hp:  # a ProposalTask checkpoint: evaluate frozen CLIP on its proposals
         return build_maft_task(cfg, vocab, str(path))

@@ -38,7 +38,7 @@ def test_predict_on_array_with_scores_and_split(predictor, rgb):
     # case-insensitive match against the *seen* training classes: road is unseen in training
     assert pred.names == ["Sky", "grass", "cat", "road", "sofa"]
     assert pred.seen_names == ["Sky", "grass"] and pred.unseen_names == ["cat", "road", "sofa"]
-    assert predictor.predict(rgb, VOCAB).scores is None
+    assert predictor.predict(rgb, VOCAB, return_scores=False).scores is None
 
 
 def test_class_shares_match_a_hand_count(predictor, rgb):

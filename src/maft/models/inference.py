@@ -18,6 +18,22 @@ from maft.errors import ConfigError
 MASK_THRESHOLD = 0.5  # MASK_THR / the valid flag of MAFT.semantic_inference
 
 
+def zero_outside(images: torch.Tensor, valid_size: torch.Tensor | None) -> torch.Tensor:
+    """Zero every pixel of ``images`` [B, C, H, W] outside each image's valid (h, w) box.
+
+    The official test path normalises each image and then pads with zeros, so the padded border
+    is 0 in normalised space whatever value the raw canvas was padded with.
+    """
+    if valid_size is None:
+        return images
+    h, w = images.shape[-2:]
+    vs = torch.as_tensor(valid_size, device=images.device).view(-1, 2)  # [B, 2]
+    rows = torch.arange(h, device=images.device)[None, :, None] < vs[:, 0, None, None]
+    cols = torch.arange(w, device=images.device)[None, None, :] < vs[:, 1, None, None]
+    keep = (rows & cols)[:, None]  # [B, 1, H, W]
+    return images * keep.to(images.dtype)
+
+
 def valid_proposals(mask_logits: torch.Tensor, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
     """Flag proposals whose binary mask ``sigmoid(logit) > threshold`` is non-empty (§a.4).
 
@@ -94,4 +110,10 @@ def postprocess_to_original(
     return out if scores.dim() == 4 else out[0]
 
 
-__all__ = ["MASK_THRESHOLD", "postprocess_to_original", "semantic_scores", "valid_proposals"]
+__all__ = [
+    "MASK_THRESHOLD",
+    "postprocess_to_original",
+    "semantic_scores",
+    "valid_proposals",
+    "zero_outside",
+]

@@ -25,10 +25,28 @@ from maft.models.clip.ip_clip import IPClipEncoder
 from maft.models.clip.merge import classify_merged
 from maft.models.clip.text import TextClassifier
 from maft.models.ensemble import ensemble_scores
-from maft.models.inference import postprocess_to_original, semantic_scores, valid_proposals
-from maft.models.proposals.generator import MaskProposalGenerator, proposal_scores
+from maft.models.inference import (
+    postprocess_to_original,
+    semantic_scores,
+    valid_proposals,
+    zero_outside,
+)
+from maft.models.proposals.generator import proposal_scores
 
 CLASSIFIERS = ("ip_clip", "mask", "crop", "mask_crop")
+
+
+def valid_in_image(logits_canvas: torch.Tensor, valid_size: torch.Tensor) -> torch.Tensor:
+    """[B, N] proposals whose binary mask is non-empty inside the image (padding excluded).
+
+    The official code flags validity on masks already cropped to the resized image, so a
+    proposal that fires only on the padded border counts as empty.
+    """
+    flags = []
+    for i in range(logits_canvas.shape[0]):
+        vh, vw = (int(v) for v in valid_size[i])
+        flags.append(valid_proposals(logits_canvas[i : i + 1, :, :vh, :vw]))  # [1, N]
+    return torch.cat(flags, dim=0)
 
 
 @dataclass
@@ -49,7 +67,7 @@ class ZeroShotSegmenter(nn.Module):
 
     def __init__(
         self,
-        generator: MaskProposalGenerator,
+        generator: nn.Module,
         text: TextClassifier,
         visual: nn.Module,
         norm: ClipNormalization,
@@ -81,15 +99,30 @@ class ZeroShotSegmenter(nn.Module):
         self.merge_chunk = merge_chunk
         self.mask_align_corners = mask_align_corners  # MAFT/FreeSeg upsample with True (§a.1)
 
+    def stretch(self, canvas: torch.Tensor) -> torch.Tensor:
+        """The whole normalised canvas [B, 3, H, W] resized to the square IP-CLIP input."""
+        size = (self.input_size, self.input_size)
+        return F.interpolate(canvas, size=size, mode="bilinear", align_corners=False)
+
+    def clip_input(self, images: torch.Tensor, valid_size: torch.Tensor | None) -> torch.Tensor:
+        """0-255 canvas -> the IP-CLIP input: CLIP-normalised, zero-padded, stretched."""
+        return self.stretch(zero_outside(self.norm.normalize(images.float()), valid_size))
+
     def clip_embeddings(
-        self, images: torch.Tensor, soft_masks: torch.Tensor, mask_logits_canvas: torch.Tensor
+        self,
+        images: torch.Tensor,
+        soft_masks: torch.Tensor,
+        mask_logits_canvas: torch.Tensor,
+        valid_size: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-proposal CLIP image embeddings ``[B, N, D]`` (not normalised)."""
-        x = self.norm.normalize(images.float())  # [B, 3, H, W] CLIP-normalised canvas
+        """Per-proposal CLIP image embeddings ``[B, N, D]`` (not normalised).
+
+        The canvas is CLIP-normalised and zero outside each image's valid box (the official
+        test path pads after normalising), then resized whole to ``input_size`` for IP-CLIP.
+        """
+        x = zero_outside(self.norm.normalize(images.float()), valid_size)  # [B, 3, H, W]
         if self.classifier == "ip_clip":
-            size = (self.input_size, self.input_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            return self.ip_clip(x, soft_masks)
+            return self.ip_clip(self.stretch(x), soft_masks)
         return classify_merged(
             self.visual,
             x,
@@ -111,26 +144,28 @@ class ZeroShotSegmenter(nn.Module):
     ) -> SegmenterOutput:
         """Segment padded 0-255 ``images`` [B,3,H,W] over the classes of ``text_emb`` [C, D]."""
         b, _, h, w = images.shape
-        out = self.generator(images.float(), text_emb)
+        if valid_size is None:
+            valid_size = torch.tensor([[h, w]] * b)
+        if orig_size is None:
+            orig_size = valid_size
+        out = self.generator(images.float(), text_emb, valid_size)
         mask_logits = out["mask_logits"]  # [B, N, H/4, W/4]
         a_p = proposal_scores(out["class_logits"])  # [B, N, C]
         logits_canvas = F.interpolate(
             mask_logits, size=(h, w), mode="bilinear", align_corners=self.mask_align_corners
         )  # [B, N, H, W]
         soft = logits_canvas.sigmoid()  # [B, N, H, W]
-        emb = self.clip_embeddings(images, soft, logits_canvas)  # [B, N, D]
+        emb = self.clip_embeddings(images, soft, logits_canvas, valid_size)  # [B, N, D]
         a_c = self.text.logits(emb.float(), text_emb).softmax(dim=-1)  # [B, N, C]
-        valid = valid_proposals(logits_canvas)  # [B, N]
+        valid = valid_in_image(logits_canvas, valid_size)  # [B, N]
         seen_mask = None if seen is None else seen.to(a_c.device)
         a_hat = ensemble_scores(a_p, a_c, seen_mask, self.lambda_, form=self.form, valid=valid)
-        keep = valid if self.drop_invalid else None  # zsseg drops empty proposals; MAFT keeps all
+        # zsseg / FreeSeg drop empty proposals at λ = 0 only (λ > 0 maps their A^c to 1 and keeps
+        # them, as the official λ = 0.8 runs show); MAFT keeps all at any λ
+        keep = valid if (self.drop_invalid and self.lambda_ == 0) else None
         o = semantic_scores(
             a_hat, mask_logits, (h, w), valid=keep, align_corners=self.mask_align_corners
         )  # [B, C, H, W]
-        if valid_size is None:
-            valid_size = torch.tensor([[h, w]] * b)
-        if orig_size is None:
-            orig_size = valid_size
         scores = [
             postprocess_to_original(
                 o[i], tuple(valid_size[i].tolist()), tuple(orig_size[i].tolist())

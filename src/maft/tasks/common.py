@@ -11,6 +11,9 @@ from torch import nn
 
 from maft.errors import CheckpointError
 
+#: Generator settings that only choose initial weights (not the architecture).
+INIT_ONLY_KEYS = ("backbone_weights", "pretrained_backbone")
+
 #: Evaluation modes of MaftTask: fine-tuned IP-CLIP, frozen IP-CLIP, frozen CLIP on merged crops.
 EVAL_MODES = ("maft", "frozen_ip_clip", "frozen_merge")
 
@@ -76,7 +79,7 @@ def load_generator_weights(
         diff = {
             k: (hp["generator"].get(k), v)
             for k, v in expected_kwargs.items()
-            if k in hp["generator"] and hp["generator"][k] != v
+            if k in hp["generator"] and k not in INIT_ONLY_KEYS and hp["generator"][k] != v
         }
         if diff:
             raise CheckpointError(

@@ -34,7 +34,7 @@ from maft.losses.maft_losses import mask_aware_loss, self_distillation_loss
 from maft.metrics import ZeroShotSegMetrics
 from maft.models.clip import TextClassifier, build_clip, get_tokenizer
 from maft.models.clip.ip_clip import IPClipEncoder
-from maft.models.proposals.generator import MaskProposalGenerator
+from maft.models.proposals import build_generator
 from maft.models.segmenter import ZeroShotSegmenter
 from maft.tasks.common import (
     EVAL_MODES,
@@ -87,6 +87,8 @@ class MaftTask(L.LightningModule):
         mask_align_corners: bool = True,
         proposals_ckpt: str | None = None,
         eval_mode: str = "maft",
+        generator_train_mode: bool | None = None,
+        release: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -103,11 +105,19 @@ class MaftTask(L.LightningModule):
         self.clip_cfg = dict(clip)
 
         model, self.norm = build_clip(
-            clip["name"], clip.get("pretrained"), quick_gelu=clip.get("quick_gelu")
+            clip["name"],
+            clip.get("pretrained"),
+            quick_gelu=clip.get("quick_gelu"),
+            model_cfg=clip.get("arch"),
         )
         self.clip_model = model
         self.teacher_visual = copy.deepcopy(model.visual).requires_grad_(False).eval()
-        self.generator = MaskProposalGenerator(**generator).requires_grad_(False).eval()
+        self.generator = build_generator(generator).requires_grad_(False).eval()
+        # The official MAFT run keeps the frozen generator in train mode (dropout 0.1 in the
+        # deformable encoder and the interaction); None: as released for the released generator.
+        if generator_train_mode is None:
+            generator_train_mode = generator.get("arch") == "freeseg"
+        self.generator_train_mode = bool(generator_train_mode)
         if proposals_ckpt:
             load_generator_weights(self.generator, proposals_ckpt, generator)
         self.start_layer = int(clip.get("start_layer", 0))
@@ -141,9 +151,9 @@ class MaftTask(L.LightningModule):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     def train(self, mode: bool = True) -> MaftTask:
-        """Frozen parts stay in eval mode (the official code keeps the generator in train mode)."""
+        """Frozen parts stay in eval mode, except the generator when ``generator_train_mode``."""
         super().train(mode)
-        self.generator.eval()
+        self.generator.train(mode and self.generator_train_mode)
         self.teacher_visual.eval()
         self.clip_model.transformer.eval()
         return self

@@ -20,7 +20,7 @@ from maft.losses.matcher import HungarianMatcher
 from maft.losses.set_criterion import SetCriterion, targets_from_label
 from maft.metrics import ZeroShotSegMetrics
 from maft.models.inference import postprocess_to_original, semantic_scores
-from maft.models.proposals import MaskProposalGenerator, proposal_scores
+from maft.models.proposals import build_generator, proposal_scores
 from maft.tasks.common import segmentation_targets
 
 CRITERION_DEFAULTS: dict[str, Any] = {
@@ -44,7 +44,7 @@ OPTIM_DEFAULTS: dict[str, Any] = {
     "max_steps": None,
     "grad_clip": 0.01,
 }
-CLIP_DEFAULTS: dict[str, Any] = {"name": "ViT-B-16", "pretrained": None}
+CLIP_DEFAULTS: dict[str, Any] = {"name": "ViT-B-16", "pretrained": None, "arch": None}
 NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.Embedding)
 NO_DECAY_NAMES = ("void_embedding", "level_embed")
 
@@ -69,12 +69,12 @@ def _merge(defaults: dict[str, Any], given: Mapping | None, key: str) -> dict[st
 
 @torch.no_grad()
 def build_text_embeddings(
-    name: str, pretrained: str | None, class_names: list[str]
+    name: str, pretrained: str | None, class_names: list[str], arch: dict | None = None
 ) -> torch.Tensor:
     """Frozen CLIP text embeddings [C, D] (L2-normalised, §a.3) of the vocabulary."""
     from maft.models.clip import TextClassifier, build_clip, get_tokenizer
 
-    model, _ = build_clip(name, pretrained)
+    model, _ = build_clip(name, pretrained, model_cfg=arch)
     emb = TextClassifier(model, get_tokenizer(name))(class_names)
     return F.normalize(emb.detach().float().cpu(), dim=-1)
 
@@ -112,7 +112,10 @@ class ProposalTask(L.LightningModule):
         }
         self.save_hyperparameters(hparams)
         text = build_text_embeddings(
-            hparams["clip"]["name"], hparams["clip"]["pretrained"], class_names
+            hparams["clip"]["name"],
+            hparams["clip"]["pretrained"],
+            class_names,
+            hparams["clip"]["arch"],
         )
         self.register_buffer("text_emb", text)  # [C, D], all classes of the vocabulary
         seen_t = torch.tensor(seen)
@@ -125,17 +128,14 @@ class ProposalTask(L.LightningModule):
         self._val_conf: torch.Tensor | None = None
 
     @staticmethod
-    def _build_generator(kwargs: dict, clip_dim: int) -> MaskProposalGenerator:
-        """MaskProposalGenerator from config; clip_dim defaults to the text embedding size."""
+    def _build_generator(kwargs: dict, clip_dim: int) -> nn.Module:
+        """Proposal generator from config; clip_dim defaults to the text embedding size."""
         if kwargs.get("clip_dim", clip_dim) != clip_dim:
             raise ConfigError(
                 f"generator.clip_dim={kwargs['clip_dim']} but the CLIP text embeddings have size "
                 f"{clip_dim}; remove generator.clip_dim or make it match"
             )
-        try:
-            return MaskProposalGenerator(**{**kwargs, "clip_dim": clip_dim})
-        except TypeError as err:
-            raise ConfigError(f"ProposalTask generator config: {err}") from err
+        return build_generator({**kwargs, "clip_dim": clip_dim})
 
     @staticmethod
     def _build_criterion(cfg: dict, num_classes: int) -> SetCriterion:

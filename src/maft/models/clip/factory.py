@@ -11,9 +11,12 @@ weights raises ``CheckpointError`` (GELU on QuickGELU weights silently gives wro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import pickle
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -42,6 +45,75 @@ def register_model_configs() -> list[str]:
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
     return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+_runtime_config_dir: Path | None = None
+
+
+def register_clip_config(name: str, cfg: dict[str, Any]) -> str:
+    """Register an open_clip architecture ``cfg`` under ``name`` for this process (idempotent).
+
+    Used for CLIPs that no registered config describes (e.g. one read from a checkpoint's shapes);
+    the config travels in a task's hyperparameters, so a checkpoint rebuilds without it on disk.
+    """
+    global _runtime_config_dir
+    register_model_configs()
+    known = open_clip.get_model_config(name)
+    if known is not None:
+        if json.dumps(known, sort_keys=True) != json.dumps(cfg, sort_keys=True):
+            raise ConfigError(f"CLIP architecture {name!r} is already registered differently")
+        return name
+    if _runtime_config_dir is None:
+        _runtime_config_dir = Path(tempfile.mkdtemp(prefix="maft-clip-configs-"))
+    (_runtime_config_dir / f"{name}.json").write_text(json.dumps(cfg), "utf-8")
+    open_clip.add_model_config(_runtime_config_dir)
+    return name
+
+
+def openai_clip_config(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """open_clip config of an OpenAI-layout CLIP ViT state dict, read from its shapes.
+
+    Heads follow OpenAI's rule (width // 64) for both towers; the activation is QuickGELU.
+    """
+    try:
+        width = sd["visual.conv1.weight"].shape[0]
+        patch = sd["visual.conv1.weight"].shape[-1]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        v_layers = len(
+            {k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}
+        )
+        t_width = sd["ln_final.weight"].shape[0]
+        t_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+        mlp = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width
+        cfg = {
+            "embed_dim": int(sd["text_projection"].shape[1]),
+            "quick_gelu": True,
+            "vision_cfg": {
+                "image_size": int(grid * patch),
+                "layers": int(v_layers),
+                "width": int(width),
+                "patch_size": int(patch),
+                "mlp_ratio": float(mlp),
+            },
+            "text_cfg": {
+                "context_length": int(sd["positional_embedding"].shape[0]),
+                "vocab_size": int(sd["token_embedding.weight"].shape[0]),
+                "width": int(t_width),
+                "heads": int(t_width // 64),
+                "layers": int(t_layers),
+            },
+        }
+    except KeyError as err:
+        raise CheckpointError(f"not an OpenAI-layout CLIP ViT state dict: no key {err}") from None
+    if sd["visual.proj"].shape[1] != cfg["embed_dim"]:
+        raise CheckpointError("visual.proj and text_projection disagree on the embedding size")
+    return cfg
+
+
+def config_name(cfg: dict[str, Any], prefix: str = "official") -> str:
+    """A stable registry name for an architecture config: ``<prefix>-<digest of the config>``."""
+    digest = hashlib.blake2b(json.dumps(cfg, sort_keys=True).encode(), digest_size=5).hexdigest()
+    return f"{prefix}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -210,6 +282,7 @@ def build_clip(
     *,
     quick_gelu: bool | None = None,
     device: str | torch.device = "cpu",
+    model_cfg: dict[str, Any] | None = None,
 ) -> tuple[open_clip.CLIP, ClipNormalization]:
     """Build an open_clip model (random, tag or local file) and its input normalisation.
 
@@ -218,8 +291,12 @@ def build_clip(
         pretrained: None (random weights), a path to a checkpoint file, or an open_clip tag.
         quick_gelu: None = automatic (QuickGELU for OpenAI-format files and QuickGELU tags),
             True = force QuickGELU, False = GELU (raises on QuickGELU weights).
+        model_cfg: an open_clip architecture config to register under ``name`` first (for
+            architectures read from a checkpoint, e.g. an official release file).
     """
     register_model_configs()
+    if model_cfg is not None:
+        register_clip_config(name, model_cfg)
     preprocess: dict[str, Any] = {}
     if pretrained is None:
         model = _create(name, bool(quick_gelu))
@@ -257,7 +334,10 @@ def get_tokenizer(name: str) -> Callable[..., torch.Tensor]:
 __all__ = [
     "ClipNormalization",
     "build_clip",
+    "config_name",
     "get_tokenizer",
+    "openai_clip_config",
+    "register_clip_config",
     "read_state_dict",
     "load_clip_state_dict",
     "register_model_configs",

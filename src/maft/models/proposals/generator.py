@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maft.models.inference import zero_outside
 from maft.models.proposals.backbone import TimmBackbone
 from maft.models.proposals.interaction import TextPixelInteraction
 from maft.models.proposals.pixel_decoder import PixelDecoder
@@ -103,14 +104,19 @@ class MaskProposalGenerator(nn.Module):
         if h % 32 or w % 32:
             raise ValueError(f"image size {h}x{w} must be a multiple of 32 (pad the batch)")
 
-    def forward(self, images: torch.Tensor, text_emb: torch.Tensor) -> dict:
+    def forward(
+        self, images: torch.Tensor, text_emb: torch.Tensor, valid_size: torch.Tensor | None = None
+    ) -> dict:
         """images [B, 3, H, W] 0–255 RGB, text_emb [C, D] L2-normalised -> proposals dict.
+
+        ``valid_size`` [B, 2]: pixels outside each image's box are zero after normalisation
+        (the official test-time padding); None keeps the whole canvas.
 
         Returns `mask_logits` [B, N, H/4, W/4], `class_logits` [B, N, C+1] (void last) and
         `aux_outputs`, the same two keys for each intermediate decoder prediction.
         """
         self._check_images(images)
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = zero_outside((images.float() - self.pixel_mean) / self.pixel_std, valid_size)
         vocab = self.vocabulary(text_emb)
         mask_features, maps = self.pixel_decoder(self.backbone(x))
         if self.interaction is not None:
