@@ -181,6 +181,7 @@ def build_maft_task(cfg: DictConfig, vocab: Vocabulary, proposals_ckpt: str | No
             drop_invalid=bool(m.drop_invalid),
             mask_align_corners=bool(m.mask_align_corners),
             proposals_ckpt=proposals_ckpt,
+            generator_train_mode=m.get("generator_train_mode"),
         )
     except TypeError as err:
         raise ConfigError(f"model config: {err}") from err

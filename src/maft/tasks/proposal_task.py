@@ -45,8 +45,23 @@ OPTIM_DEFAULTS: dict[str, Any] = {
     "grad_clip": 0.01,
 }
 CLIP_DEFAULTS: dict[str, Any] = {"name": "ViT-B-16", "pretrained": None, "arch": None}
-NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.Embedding)
-NO_DECAY_NAMES = ("void_embedding", "level_embed")
+# Weight decay 0 (WEIGHT_DECAY_NORM, WEIGHT_DECAY_EMBED) for parameters of norm and embedding
+# modules, as in FreeSeg's and Mask2Former's build_optimizer (FrozenBN has buffers only).
+NO_DECAY_MODULES = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.Embedding,
+)
+# ...and for parameters whose own name contains one of these, per generator architecture. The
+# released recipe exempts only Swin's position tables, so the released generator's void embedding
+# (the official clip_adapter.non_object_embedding) and its deformable encoder's level_embed (plain
+# Parameters) decay; the lite generator also exempts its void and pixel-decoder level embeddings.
+NO_DECAY_NAMES: dict[str, tuple[str, ...]] = {
+    "freeseg": ("relative_position_bias_table", "absolute_pos_embed"),
+    "lite": ("void_embedding", "level_embed"),
+}
 
 
 def _plain(value: Any) -> Any:
@@ -250,15 +265,24 @@ class ProposalTask(L.LightningModule):
         self.results = {getattr(self, "eval_name", "test"): self._finish("test")}
 
     def param_groups(self) -> list[dict]:
-        """AdamW groups: backbone lr × backbone_lr_mult; no weight decay on norms/embeddings."""
+        """AdamW groups: backbone lr × backbone_lr_mult; no weight decay on norms/embeddings.
+
+        Follows FreeSeg's build_optimizer: a parameter is a backbone one when its module's name
+        contains "backbone", decay-free when its module is a norm or ``nn.Embedding`` or its name
+        matches the architecture's ``NO_DECAY_NAMES``; shared parameters are counted once.
+        """
         cfg = self.hparams.optim
+        arch = self.hparams.generator.get("arch") or "lite"
+        names = NO_DECAY_NAMES.get(arch, NO_DECAY_NAMES["lite"])
         groups: dict[tuple[bool, bool], list] = {}
+        seen: set[int] = set()
         for mod_name, module in self.generator.named_modules():
             for p_name, param in module.named_parameters(recurse=False):
-                if not param.requires_grad:
+                if not param.requires_grad or id(param) in seen:
                     continue
-                no_decay = isinstance(module, NO_DECAY_MODULES) or p_name in NO_DECAY_NAMES
-                is_backbone = mod_name.startswith("backbone")
+                seen.add(id(param))
+                no_decay = isinstance(module, NO_DECAY_MODULES) or any(n in p_name for n in names)
+                is_backbone = "backbone" in mod_name
                 groups.setdefault((is_backbone, no_decay), []).append(param)
         return [
             {
