@@ -64,3 +64,23 @@ def freeseg_dev(release_dir: Path, maft_dev: dict) -> dict:
         "inputs": torch.load(d / "inputs.pt", weights_only=False),
         "outputs": torch.load(d / "outputs_freeseg_only.pt", weights_only=False),
     }
+
+
+@pytest.fixture(scope="session")
+def golden_generator(maft_dev: dict) -> torch.nn.Module:
+    """maft_dev's generator at the sizes its config.yaml names, official weights, eval mode.
+
+    Built from the config (not hard-coded sizes), so the parity tests follow any golden set.
+    """
+    from maft.models.proposals import build_generator
+    from maft.models.release import generator_from_config, read_official_config
+
+    kwargs = generator_from_config(read_official_config(maft_dev["config"]), "config.yaml")
+    gen = build_generator(kwargs)
+    sd = {
+        ("void_embedding" if k == "clip_adapter.non_object_embedding" else k): v
+        for k, v in maft_dev["state_dict"].items()
+        if k.startswith(("backbone.", "sem_seg_head.")) or k == "clip_adapter.non_object_embedding"
+    }
+    gen.load_state_dict(sd, strict=True)
+    return gen.eval()

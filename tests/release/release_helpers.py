@@ -16,3 +16,10 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float, n
     scale = float(expected.abs().max().clamp_min(1e-12))
     err = float((actual.float() - expected.float()).abs().max())
     assert err <= rel * scale, f"{name}: max abs err {err:.3e} > {rel:g} * {scale:.3e}"
+
+
+def golden_kwargs(golden: dict) -> dict:
+    """FreeSegGenerator kwargs of a golden set, read from its official config.yaml."""
+    from maft.models.release import generator_from_config, read_official_config
+
+    return generator_from_config(read_official_config(golden["config"]), "config.yaml")

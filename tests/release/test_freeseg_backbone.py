@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -35,9 +36,8 @@ def _randomise_norms(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
-def test_parity_with_official_backbone(maft_dev: dict) -> None:
-    model = _dev_model().eval()
-    model.load_state_dict(sub_state_dict(maft_dev["state_dict"], "backbone."), strict=True)
+def test_parity_with_official_backbone(maft_dev: dict, golden_generator) -> None:
+    model = golden_generator.backbone  # sizes from the golden config, official weights (strict)
     outputs = maft_dev["outputs"]
     with torch.no_grad():
         feats = model(outputs["images_normalized"])  # [1, 3, 96, 128]
@@ -175,7 +175,7 @@ def test_load_pickle_of_numpy_arrays(tmp_path: Path) -> None:
         load_backbone_weights(_dev_model(), path)
 
 
-def test_load_torch_file_with_prefix(tmp_path: Path, maft_dev: dict) -> None:
+def test_load_torch_file_with_prefix(tmp_path: Path, maft_dev: dict, golden_generator) -> None:
     sd = _small_weights(seed=2)
     path = tmp_path / "tiny.pth"
     torch.save({"model": {f"backbone.{k}": v for k, v in sd.items()}}, path)
@@ -185,7 +185,7 @@ def test_load_torch_file_with_prefix(tmp_path: Path, maft_dev: dict) -> None:
         assert torch.equal(v, sd[k]), k
 
     # The released-format checkpoint itself: backbone loaded, every other part reported.
-    model = _dev_model()
+    model = copy.deepcopy(golden_generator.backbone)
     ignored = load_backbone_weights(model, maft_dev["weights"])
     official = sub_state_dict(maft_dev["state_dict"], "backbone.")
     assert len(ignored) == len(maft_dev["state_dict"]) - len(official)

@@ -35,13 +35,38 @@ DEV_DECODER = dict(
 
 
 def _dev_interaction(maft_dev: dict) -> ContextInteraction:
-    model = ContextInteraction(**DEV_INTERACTION).eval()
+    """The golden set's interaction (sizes from its config.yaml, official weights)."""
+    from release_helpers import golden_kwargs
+
+    kw = golden_kwargs(maft_dev)
+    model = ContextInteraction(
+        dim=kw["conv_dim"],
+        text_dim=kw["clip_dim"],
+        embed_dim=kw["interaction_dim"],
+        num_heads=kw["interaction_heads"],
+    ).eval()
     model.load_state_dict(sub_state_dict(maft_dev["state_dict"], INTERACTION), strict=True)
     return model
 
 
 def _dev_decoder(maft_dev: dict) -> OpenVocabMaskedDecoder:
-    model = OpenVocabMaskedDecoder(**DEV_DECODER).eval()
+    """The golden set's decoder (sizes from its config.yaml, official weights)."""
+    from release_helpers import golden_kwargs
+
+    kw = golden_kwargs(maft_dev)
+    model = OpenVocabMaskedDecoder(
+        in_channels=kw["conv_dim"],
+        hidden_dim=kw["hidden_dim"],
+        num_queries=kw["num_queries"],
+        nheads=kw["nheads"],
+        dim_feedforward=kw["dim_feedforward"],
+        dec_layers=kw["dec_layers"],
+        mask_dim=kw["mask_dim"],
+        embed_dim=kw["clip_dim"],
+        embed_hidden_dim=kw["embed_hidden_dim"],
+        embed_layers=kw["embed_layers"],
+        enforce_input_project=kw["enforce_input_project"],
+    ).eval()
     model.load_state_dict(sub_state_dict(maft_dev["state_dict"], PREDICTOR), strict=True)
     return model
 
@@ -75,24 +100,27 @@ def test_interaction_accepts_batched_text(maft_dev: dict) -> None:
 
 def test_decoder_matches_golden(maft_dev: dict) -> None:
     out = maft_dev["outputs"]
-    near = out["near_threshold"][
-        "decoder_attn_logits_within_1e-4_of_0 (layer, query, flat_hw, logit)"
-    ]
-    assert near == [], "golden masks have cells at the threshold: compare them with a tolerance"
+    near = out["near_threshold"].get(
+        "decoder_attn_logits_within_1e-4_of_0 (layer, query, flat_hw, logit)", []
+    )
     model = _dev_decoder(maft_dev)
+    layers = model.num_layers if hasattr(model, "num_layers") else len(out["dec_attn_masks"])
     maps = [out[f"multi_scale_features_{i}"] for i in range(3)]
     with torch.no_grad():
         pred = model(maps, out["mask_features"])
     assert_close_rel(pred["pred_logits"], out["pred_logits"], 1e-4, "pred_logits")
     assert_close_rel(pred["pred_masks"], out["pred_masks"], 1e-4, "pred_masks")
-    assert len(pred["aux_outputs"]) == DEV_DECODER["dec_layers"]
+    assert len(pred["aux_outputs"]) == layers
     for i, aux in enumerate(pred["aux_outputs"]):
         assert_close_rel(aux["pred_logits"], out["aux_pred_logits"][i], 1e-4, f"aux{i} logits")
         assert_close_rel(aux["pred_masks"], out["aux_pred_masks"][i], 1e-4, f"aux{i} masks")
-    assert len(pred["attn_masks"]) == len(out["dec_attn_masks"]) == DEV_DECODER["dec_layers"]
+    assert len(pred["attn_masks"]) == len(out["dec_attn_masks"]) == layers
     for i, (mask, ref) in enumerate(zip(pred["attn_masks"], out["dec_attn_masks"])):
         assert mask.dtype == torch.bool and mask.shape == ref.shape, f"attn mask {i}"
-        assert torch.equal(mask, ref), f"attn mask {i}: {(mask != ref).sum()} cells differ"
+        differ = (mask != ref).nonzero().tolist()  # [[b, q, cell], ...]
+        allowed = {(q, cell) for layer, q, cell, _ in near if layer == i}
+        bad = [d for d in differ if (d[1], d[2]) not in allowed]
+        assert not bad, f"attn mask {i}: cells {bad[:5]} differ (not within 1e-4 of the threshold)"
 
 
 def test_decoder_batch_elements_are_independent(maft_dev: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from release_helpers import assert_close_rel, sub_state_dict
+from release_helpers import assert_close_rel
 
 from maft.models.proposals.freeseg.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
 from maft.models.proposals.freeseg.pixel_decoder import MSDeformAttnPixelDecoder
@@ -26,10 +26,8 @@ def _dev_decoder() -> MSDeformAttnPixelDecoder:
     return MSDeformAttnPixelDecoder(DEV_CHANNELS, conv_dim=32, mask_dim=32, enc_layers=2)
 
 
-def test_pixel_decoder_matches_golden(maft_dev: dict) -> None:
-    decoder = _dev_decoder()
-    decoder.load_state_dict(sub_state_dict(maft_dev["state_dict"], PREFIX), strict=True)
-    decoder.eval()
+def test_pixel_decoder_matches_golden(maft_dev: dict, golden_generator) -> None:
+    decoder = golden_generator.sem_seg_head.pixel_decoder  # sizes from the golden config
     out = maft_dev["outputs"]
     features = {f"res{i}": out[f"backbone_res{i}"] for i in range(2, 6)}
     with torch.no_grad():

@@ -62,7 +62,7 @@ def _batch(n: int = 2, size: int = 64) -> dict[str, torch.Tensor]:
     label = torch.zeros(n, size, size, dtype=torch.int64)
     label[:, 8:32, 8:40] = 1
     label[:, 36:60, 20:56] = 2
-    label[1, 0:8, 0:16] = 255  # an unseen region: ignored in training
+    label[-1, 0:8, 0:16] = 255  # an unseen region: ignored in training
     colours = torch.tensor([[90, 90, 90], [220, 40, 40], [40, 60, 220]], dtype=torch.float32)
     image = colours[label.clamp(max=2)].permute(0, 3, 1, 2)
     image = (image + 8 * torch.randn(image.shape, generator=g)).clamp(0, 255).to(torch.uint8)
@@ -278,13 +278,23 @@ def test_runner_trains_released_generator_into_maft(
     root = tmp_path / "data"
     write_benchmark(root, "coco_stuff_171", n_images=3, size=(64, 64), seed=1)
     built: dict = {}
+    modes: list[tuple[bool, bool]] = []  # (generator, interaction) training flags per MAFT step
 
-    def capture(name: str):
+    def capture(name: str) -> None:
         original = getattr(runner, name)
 
         def wrapper(*args, **kwargs):
-            built[name] = original(*args, **kwargs)
-            return built[name]
+            task = built[name] = original(*args, **kwargs)
+            if name == "build_maft_task":
+                step = task.training_step
+
+                def recording_step(*a, **kw):
+                    attn = task.generator.sem_seg_head.interaction.attn
+                    modes.append((task.generator.training, attn.training))
+                    return step(*a, **kw)
+
+                task.training_step = recording_step
+            return task
 
         monkeypatch.setattr(runner, name, wrapper)
 
@@ -312,7 +322,7 @@ def test_runner_trains_released_generator_into_maft(
     assert maft.trainer.global_step == 1
     gen_state = maft.generator.state_dict()
     assert all(torch.equal(gen_state[k], stored[f"generator.{k}"]) for k in gen_state)
-    assert maft.generator_train_mode is True
+    assert maft.generator_train_mode is True and modes == [(True, True)]
     maft.train()
     assert maft.generator.training and maft.generator.sem_seg_head.interaction.attn.training
     assert not maft.teacher_visual.training
@@ -330,9 +340,7 @@ def test_runner_trains_released_generator_into_maft(
 def test_maft_task_generator_mode_can_be_turned_off(tmp_path: Path) -> None:
     from maft import runner
 
-    cfg = compose(
-        [*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"], output_dir=tmp_path / "run"
-    )
+    cfg = compose([*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"], output_dir=tmp_path / "run")
     vocab = runner.build_vocabulary(cfg)
     task = runner.build_maft_task(cfg, vocab, None)
     assert task.generator_train_mode is True and task.train().generator.training

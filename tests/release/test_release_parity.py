@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from release_helpers import assert_close_rel
+from release_helpers import assert_close_rel, golden_kwargs
 
 from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError
@@ -213,6 +213,7 @@ def test_unsupported_config_key_is_named(maft_dev: dict, tmp_path: Path) -> None
 def test_without_config_uses_released_settings(maft_dev: dict) -> None:
     """No yaml: sizes read from the tensors, released test settings (short side 640)."""
     pred = Predictor.from_official(maft_dev["weights"])
-    gen = pred.task.hparams.generator
-    assert (gen["depth"], gen["conv_dim"], gen["dec_layers"], gen["enc_layers"]) == (50, 32, 4, 2)
+    gen, want = pred.task.hparams.generator, golden_kwargs(maft_dev)
+    keys = ("depth", "stem_out_channels", "conv_dim", "hidden_dim", "dec_layers", "enc_layers")
+    assert {k: gen[k] for k in keys} == {k: want[k] for k in keys}
     assert pred.short_side == 640 and pred.task.lambda_ == 0.0
