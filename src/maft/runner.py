@@ -76,11 +76,13 @@ def build_vocabulary(cfg: DictConfig) -> Vocabulary:
     return Vocabulary.from_benchmark(bench, split=split)
 
 
-def build_datamodule(cfg: DictConfig, vocab: Vocabulary) -> L.LightningDataModule:
+def build_datamodule(
+    cfg: DictConfig, vocab: Vocabulary, **overrides: Any
+) -> L.LightningDataModule:
     """Instantiate ``cfg.data`` with the run's vocabulary (misspelled keys fail with their name)."""
     try:
         factory = instantiate(cfg.data, _partial_=True, _convert_="all")
-        return factory(vocabulary=vocab)  # the object itself, not a config copy of it
+        return factory(vocabulary=vocab, **overrides)  # the object itself, not a config copy
     except TypeError as err:
         raise ConfigError(f"data config: {err}") from err
 
@@ -323,7 +325,12 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     if "proposals" in stages:
         t0 = time.perf_counter()
         ptask = build_proposal_task(cfg, vocab)
-        ckpt = _fit_stage(cfg, ptask, dm, "proposals", int(cfg.model.proposal_train.max_steps))
+        dm1 = dm
+        stage1_batch = cfg.model.proposal_train.get("batch_size")
+        if stage1_batch and int(stage1_batch) != int(cfg.data.batch_size):
+            dm1 = build_datamodule(cfg, vocab, batch_size=int(stage1_batch))
+            dm1.setup("fit")
+        ckpt = _fit_stage(cfg, ptask, dm1, "proposals", int(cfg.model.proposal_train.max_steps))
         timings["proposals"] = time.perf_counter() - t0
         if "proposals" in rows:
             results["proposals"] = evaluate(ptask, dm, cfg, "proposals")

@@ -41,6 +41,29 @@ TINY_FREESEG: dict = {
 }
 # The released stage-1 recipe (FreeSeg's mask2former_freeseg.yaml, resolved).
 LR, WD, BACKBONE_MULT = 1.5e-4, 1.5e-4, 0.1
+# A stage-1 + MAFT run of the tiny released generator on synthetic COCO-Stuff, as in the runner.
+TINY_RUN = [
+    "experiment=proposals_coco_zs",
+    "model/proposals=freeseg_r101",
+    "model/clip=tiny",
+    *[f"model.proposals.{k}={v}" for k, v in TINY_FREESEG.items() if k != "arch"],
+    "model.proposal_train.max_steps=3",
+    "model.proposal_train.criterion.num_points=256",
+    "stages=[proposals,maft]",
+    "evaluate=[]",
+    "model.maft.max_steps=1",
+    "trainer=smoke",
+    "logger=none",
+    "callbacks=none",
+    # tests/tasks' TINY_DATA
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.train_short_sides=[64]",
+    "data.crop_size=64",
+    "data.test_short_side=64",
+    "data.color_jitter=false",
+]
 
 
 def _task(generator: dict | None = None, **optim) -> ProposalTask:
@@ -56,13 +79,14 @@ def _task(generator: dict | None = None, **optim) -> ProposalTask:
     )
 
 
-def _batch(n: int = 2, size: int = 64) -> dict[str, torch.Tensor]:
+def _batch(n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
     """Images with two coloured rectangles of seen classes on background, unseen class ignored."""
     g = torch.Generator().manual_seed(0)
     label = torch.zeros(n, size, size, dtype=torch.int64)
-    label[:, 8:32, 8:40] = 1
-    label[:, 36:60, 20:56] = 2
-    label[-1, 0:8, 0:16] = 255  # an unseen region: ignored in training
+    e = size // 8
+    label[:, e : 4 * e, e : 5 * e] = 1
+    label[:, 5 * e : 7 * e, 3 * e : 7 * e] = 2
+    label[-1, :e, : 2 * e] = 255  # an unseen region: ignored in training
     colours = torch.tensor([[90, 90, 90], [220, 40, 40], [40, 60, 220]], dtype=torch.float32)
     image = colours[label.clamp(max=2)].permute(0, 3, 1, 2)
     image = (image + 8 * torch.randn(image.shape, generator=g)).clamp(0, 255).to(torch.uint8)
@@ -243,29 +267,25 @@ def test_backbone_weights_initialise_the_backbone(tmp_path: Path) -> None:
     assert not torch.equal(scratch["stem.conv1.weight"], loaded["stem.conv1.weight"])
 
 
+@pytest.mark.parametrize("override, expected", [(None, True), ("false", False), ("true", True)])
+def test_maft_task_generator_mode_from_config(
+    override: str | None, expected: bool, tmp_path: Path
+) -> None:
+    from maft import runner
+
+    over = [*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"]
+    if override is not None:
+        over.append(f"model.generator_train_mode={override}")
+    cfg = compose(over, output_dir=tmp_path / "run")
+    task = runner.build_maft_task(cfg, runner.build_vocabulary(cfg), None)
+    assert task.generator_train_mode is expected  # null: train mode for the released generator
+    task.train()
+    assert task.training and task.generator.training is expected
+    assert task.generator.sem_seg_head.interaction.attn.training is expected
+    assert not task.teacher_visual.training
+
+
 # ------------------------------------------------------------------------------------ slow
-TINY_RUN = [
-    "experiment=proposals_coco_zs",
-    "model/proposals=freeseg_r101",
-    "model/clip=tiny",
-    *[f"model.proposals.{k}={v}" for k, v in TINY_FREESEG.items() if k != "arch"],
-    "model.proposal_train.max_steps=3",
-    "model.proposal_train.criterion.num_points=256",
-    "stages=[proposals,maft]",
-    "evaluate=[]",
-    "model.maft.max_steps=1",
-    "trainer=smoke",
-    "logger=none",
-    "callbacks=none",
-    # tests/tasks' TINY_DATA
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "data.pin_memory=false",
-    "data.train_short_sides=[64]",
-    "data.crop_size=64",
-    "data.test_short_side=64",
-    "data.color_jitter=false",
-]
 
 
 @pytest.mark.slow
@@ -307,12 +327,18 @@ def test_runner_trains_released_generator_into_maft(
     trained = built["build_proposal_task"]
     ckpt = tmp_path / "run" / "checkpoints" / "proposals" / "final.ckpt"
     assert trained.hparams.generator["arch"] == "freeseg" and trained.trainer.global_step == 3
+    groups = trained.trainer.optimizers[0].param_groups  # the recipe, as the runner passed it
+    assert {(g["initial_lr"], g["weight_decay"]) for g in groups} == {
+        (LR * BACKBONE_MULT, WD),  # the same product as the task's
+        (LR, 0.0),
+        (LR, WD),
+    }
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     reloaded = ProposalTask.load_from_checkpoint(ckpt, weights_only=True)
     state, live = reloaded.state_dict(), trained.state_dict()
     assert set(state) == set(stored) == set(live)
     assert all(torch.equal(state[k], stored[k]) and torch.equal(live[k], stored[k]) for k in state)
-    images = _batch(1)["image"]
+    images = _batch(1, 64)["image"]
     with torch.no_grad():
         a, b = trained.eval().proposals(images), reloaded.eval().proposals(images)
     for key in ("mask_logits", "class_logits"):
@@ -334,17 +360,3 @@ def test_runner_trains_released_generator_into_maft(
     with torch.no_grad():
         c = fresh.eval().generator(images, reloaded.text_emb)
     torch.testing.assert_close(c["mask_logits"], b["mask_logits"], rtol=0, atol=0)
-
-
-@pytest.mark.slow
-def test_maft_task_generator_mode_can_be_turned_off(tmp_path: Path) -> None:
-    from maft import runner
-
-    cfg = compose([*TINY_RUN, f"paths.cache_dir={tmp_path / 'cache'}"], output_dir=tmp_path / "run")
-    vocab = runner.build_vocabulary(cfg)
-    task = runner.build_maft_task(cfg, vocab, None)
-    assert task.generator_train_mode is True and task.train().generator.training
-    hp = dict(task.hparams)
-    off = type(task)(**{**hp, "generator_train_mode": False})
-    assert off.generator_train_mode is False
-    assert not off.train().generator.training and off.training
