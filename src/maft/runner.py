@@ -253,9 +253,12 @@ def _meta(
     release = dict(hp.get("release") or {})
     extra: dict[str, Any] = {}
     if release:
+        trained = task.vocab
         extra = {
             "release file": release.get("file"),
             "release settings": release.get("settings_from"),
+            "release trained on": f"{trained.benchmark} "
+            f"({int(trained.seen.sum())} seen / {int((~trained.seen).sum())} unseen classes)",
             "paper_row_name": release.get("paper_row_name"),
             "paper_row": release.get("paper_row"),
         }
