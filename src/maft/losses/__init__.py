@@ -1,4 +1,4 @@
-"""Losses: Mask2Former set criterion (stage 1) and MAFT's mask-aware + self-distillation losses."""
+"""Losses: stage-1 set criterion (Mask2Former / MaskFormer), MAFT's mask-aware + SD losses."""
 
 from maft.losses.maft_losses import (
     DIS_WEIGHT_CODE,
@@ -15,7 +15,13 @@ from maft.losses.point_sampling import (
     point_sample,
     uncertain_point_coords,
 )
-from maft.losses.set_criterion import SetCriterion, dice_loss, sigmoid_ce_loss, targets_from_label
+from maft.losses.set_criterion import (
+    SetCriterion,
+    dice_loss,
+    sigmoid_ce_loss,
+    sigmoid_focal_loss,
+    targets_from_label,
+)
 
 __all__ = [
     "DIS_WEIGHT_CODE",
@@ -30,6 +36,7 @@ __all__ = [
     "point_sample",
     "self_distillation_loss",
     "sigmoid_ce_loss",
+    "sigmoid_focal_loss",
     "soft_iou_targets",
     "targets_from_label",
     "uncertain_point_coords",

@@ -1,8 +1,14 @@
-"""Hungarian matching of predicted masks to ground-truth masks (Mask2Former, §d.1).
+"""Hungarian matching of predicted masks to ground-truth masks (Mask2Former / MaskFormer).
 
-Cost = cost_class · (−p(class)) + cost_mask · BCE + cost_dice · dice, with BCE and dice measured on
-the same `num_points` uniformly random points for predictions and targets (None: every pixel
-centre of the target grid), solved per image with `scipy.optimize.linear_sum_assignment`.
+Cost = cost_class · (−p(class)) + cost_mask · mask cost + cost_dice · dice, solved per image with
+`scipy.optimize.linear_sum_assignment`. The mask cost is the mean sigmoid BCE (Mask2Former) or
+the mean sigmoid focal loss with α 0.25, γ 2 (MaskFormer, as FreeSeg trains). Where it is measured:
+
+* `num_points` P: the same P uniformly random points for predictions and targets (Mask2Former);
+* `num_points` None, `match_resolution` "target": every pixel centre of the target grid, i.e.
+  predictions bilinearly upsampled (align_corners False) to the target size;
+* `num_points` None, `match_resolution` "prediction": every pixel of the prediction grid with the
+  targets resized to it by nearest neighbour (MaskFormer's matcher, "downsample gt masks").
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from maft.losses.point_sampling import pixel_center_coords, point_sample
+
+MASK_LOSSES = ("bce", "focal")
+MATCH_RESOLUTIONS = ("target", "prediction")
 
 
 def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -31,6 +40,23 @@ def pairwise_bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return (pos @ targets.T + neg @ (1 - targets).T) / num_points  # [N, K]
 
 
+def pairwise_focal_cost(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Mean sigmoid focal loss (RetinaNet) between every prediction [N, P] and target [K, P].
+
+    Per point: α (1−p)^γ · (−log p) where the target is 1, (1−α) p^γ · (−log(1−p)) where it
+    is 0 (α < 0: no α weighting), averaged over the P points -> [N, K] (MaskFormer's matcher).
+    """
+    num_points = logits.shape[1]
+    prob = logits.sigmoid()
+    pos = (1 - prob) ** gamma * F.softplus(-logits)  # [N, P]  −log p
+    neg = prob**gamma * F.softplus(logits)  # [N, P]  −log(1 − p)
+    if alpha >= 0:
+        pos, neg = alpha * pos, (1 - alpha) * neg
+    return (pos @ targets.T + neg @ (1 - targets).T) / num_points  # [N, K]
+
+
 def sample_match_points(
     pred_masks: torch.Tensor, tgt_masks: torch.Tensor, coords: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,8 +68,13 @@ def sample_match_points(
     return pred[:, 0], tgt[:, 0]  # [N, P], [K, P]
 
 
+def resize_targets_nearest(tgt_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Targets [K, H, W] resized to `size` (h, w) by nearest neighbour (MaskFormer) -> [K, h, w]."""
+    return F.interpolate(tgt_masks[:, None], size=size, mode="nearest")[:, 0]
+
+
 class HungarianMatcher(nn.Module):
-    """One-to-one assignment of queries to targets minimising the Mask2Former matching cost."""
+    """One-to-one assignment of queries to targets minimising the mask-classification cost."""
 
     def __init__(
         self,
@@ -51,20 +82,45 @@ class HungarianMatcher(nn.Module):
         cost_mask: float = 5.0,
         cost_dice: float = 5.0,
         num_points: int | None = 12544,
+        *,
+        mask_cost: str = "bce",
+        match_resolution: str = "target",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all costs are 0; set cost_class/mask/dice")
+        if mask_cost not in MASK_LOSSES:
+            raise ValueError(f"HungarianMatcher: mask_cost {mask_cost!r} not in {MASK_LOSSES}")
+        if match_resolution not in MATCH_RESOLUTIONS:
+            raise ValueError(
+                f"HungarianMatcher: match_resolution {match_resolution!r} not in "
+                f"{MATCH_RESOLUTIONS}"
+            )
         self.cost_class = cost_class
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
         self.num_points = num_points
+        self.mask_cost = mask_cost
+        self.match_resolution = match_resolution
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     def _coords(self, tgt_masks: torch.Tensor) -> torch.Tensor:
         """Match points [P, 2]: uniform random, or all target pixel centres (num_points None)."""
         if self.num_points is None:
             return pixel_center_coords(*tgt_masks.shape[-2:], device=tgt_masks.device)
         return torch.rand(self.num_points, 2, device=tgt_masks.device)
+
+    def _match_masks(
+        self, mask_logits: torch.Tensor, tgt_masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions [N, h, w] and targets [K, H, W] on the matching grid -> [N, P], [K, P]."""
+        if self.num_points is None and self.match_resolution == "prediction":
+            tgt = resize_targets_nearest(tgt_masks, tuple(mask_logits.shape[-2:]))  # [K, h, w]
+            return mask_logits.flatten(1), tgt.flatten(1)
+        return sample_match_points(mask_logits, tgt_masks, self._coords(tgt_masks))
 
     @torch.no_grad()
     def cost_matrix(
@@ -74,11 +130,14 @@ class HungarianMatcher(nn.Module):
         labels, tgt_masks = target["labels"], target["masks"]
         prob = class_logits.float().softmax(-1)  # [N, C+1]
         cost_class = -prob[:, labels]  # [N, K]
-        coords = self._coords(tgt_masks)
-        pred, tgt = sample_match_points(mask_logits.float(), tgt_masks.float(), coords)
+        pred, tgt = self._match_masks(mask_logits.float(), tgt_masks.to(mask_logits.device).float())
+        if self.mask_cost == "focal":
+            cost_mask = pairwise_focal_cost(pred, tgt, self.focal_alpha, self.focal_gamma)
+        else:
+            cost_mask = pairwise_bce_cost(pred, tgt)
         return (
             self.cost_class * cost_class
-            + self.cost_mask * pairwise_bce_cost(pred, tgt)
+            + self.cost_mask * cost_mask
             + self.cost_dice * pairwise_dice_cost(pred, tgt)
         )
 
@@ -102,4 +161,13 @@ class HungarianMatcher(nn.Module):
         return indices
 
 
-__all__ = ["HungarianMatcher", "pairwise_bce_cost", "pairwise_dice_cost", "sample_match_points"]
+__all__ = [
+    "MASK_LOSSES",
+    "MATCH_RESOLUTIONS",
+    "HungarianMatcher",
+    "pairwise_bce_cost",
+    "pairwise_dice_cost",
+    "pairwise_focal_cost",
+    "resize_targets_nearest",
+    "sample_match_points",
+]

@@ -16,13 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from maft.errors import CheckpointError, ConfigError
-from maft.losses.matcher import HungarianMatcher
+from maft.losses.matcher import MASK_LOSSES, MATCH_RESOLUTIONS, HungarianMatcher
 from maft.losses.set_criterion import SetCriterion, targets_from_label
 from maft.metrics import ZeroShotSegMetrics
 from maft.models.inference import postprocess_to_original, semantic_scores
 from maft.models.proposals import build_generator, proposal_scores
 from maft.tasks.common import segmentation_targets
 
+# Mask2Former's loss (point-sampled BCE, every aux prediction); checkpoints saved before the
+# mask_loss / match_resolution / aux_loss_layers keys existed load with these values.
+# conf/model/maft.yaml sets FreeSeg's MaskFormer loss instead (see SetCriterion).
 CRITERION_DEFAULTS: dict[str, Any] = {
     "cost_class": 2.0,
     "cost_mask": 5.0,
@@ -31,10 +34,13 @@ CRITERION_DEFAULTS: dict[str, Any] = {
     "mask_weight": 20.0,
     "dice_weight": 5.0,
     "eos_coef": 0.1,
-    "num_points": 12544,
+    "mask_loss": "bce",  # bce (Mask2Former) | focal (MaskFormer/FreeSeg); matcher cost and loss
+    "num_points": 12544,  # null: every pixel (MaskFormer)
+    "match_resolution": "target",  # num_points null: match at the target | prediction grid
     "oversample_ratio": 3.0,
     "importance_sample_ratio": 0.75,
     "deep_supervision": True,
+    "aux_loss_layers": None,  # null: every aux prediction; n: aux[:n] (-1: all but the last)
 }
 OPTIM_DEFAULTS: dict[str, Any] = {
     "lr": 1.5e-4,
@@ -80,6 +86,44 @@ def _merge(defaults: dict[str, Any], given: Mapping | None, key: str) -> dict[st
     if unknown:
         raise ConfigError(f"ProposalTask {key}: unknown keys {unknown}; allowed {sorted(defaults)}")
     return {**defaults, **given}
+
+
+def _is_int(value: Any) -> bool:
+    """True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_criterion(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError for criterion values the matcher / set criterion cannot use."""
+    if cfg["mask_loss"] not in MASK_LOSSES:
+        raise ConfigError(
+            f"ProposalTask criterion.mask_loss={cfg['mask_loss']!r}; use one of {list(MASK_LOSSES)}"
+        )
+    if cfg["match_resolution"] not in MATCH_RESOLUTIONS:
+        raise ConfigError(
+            f"ProposalTask criterion.match_resolution={cfg['match_resolution']!r}; use one of "
+            f"{list(MATCH_RESOLUTIONS)} (used when num_points is null)"
+        )
+    points = cfg["num_points"]
+    if points is not None and not (_is_int(points) and points >= 1):
+        raise ConfigError(
+            f"ProposalTask criterion.num_points={points!r}; use a positive int (points per mask) "
+            "or null (every pixel)"
+        )
+    aux = cfg["aux_loss_layers"]
+    if aux is not None and not _is_int(aux):
+        raise ConfigError(
+            f"ProposalTask criterion.aux_loss_layers={aux!r}; use an int n (aux predictions "
+            "aux[:n] count, -1: all but the last) or null (all)"
+        )
+    costs = [cfg[k] for k in ("cost_class", "cost_mask", "cost_dice")]
+    if any(c < 0 for c in costs) or not any(costs):
+        raise ConfigError(
+            f"ProposalTask criterion cost_class/cost_mask/cost_dice={costs}; use values >= 0, "
+            "not all 0"
+        )
+    if cfg["eos_coef"] < 0:
+        raise ConfigError(f"ProposalTask criterion.eos_coef={cfg['eos_coef']}; use a value >= 0")
 
 
 @torch.no_grad()
@@ -154,15 +198,19 @@ class ProposalTask(L.LightningModule):
 
     @staticmethod
     def _build_criterion(cfg: dict, num_classes: int) -> SetCriterion:
-        """Hungarian matcher + set criterion over the seen classes (§d.1)."""
+        """Hungarian matcher + set criterion over the seen classes (Mask2Former or MaskFormer)."""
+        check_criterion(cfg)
         matcher = HungarianMatcher(
             cost_class=cfg["cost_class"],
             cost_mask=cfg["cost_mask"],
             cost_dice=cfg["cost_dice"],
             num_points=cfg["num_points"],
+            mask_cost=cfg["mask_loss"],
+            match_resolution=cfg["match_resolution"],
         )
         keys = ("class_weight", "mask_weight", "dice_weight", "eos_coef", "num_points")
         keys += ("oversample_ratio", "importance_sample_ratio", "deep_supervision")
+        keys += ("mask_loss", "aux_loss_layers")
         return SetCriterion(num_classes, matcher, **{k: cfg[k] for k in keys})
 
     @property
@@ -361,4 +409,4 @@ def check_state_dict(expected: Mapping[str, Any], given: Mapping[str, Any]) -> N
     )
 
 
-__all__ = ["ProposalTask", "build_text_embeddings"]
+__all__ = ["ProposalTask", "build_text_embeddings", "check_criterion"]
