@@ -1,6 +1,8 @@
 """Pictures of a finished run: overlays, image|GT|prediction panels, frozen-vs-MAFT top-5 figures.
 
-Written into ``<run>/pictures/`` for the first few test images (issue 9 step 7, issue 10).
+Written into ``<run>/pictures/`` for the first few test images. Colours follow the class names
+and text scales with each image (see :mod:`maft.viz`); the proposal figure shows the proposals
+where frozen CLIP and MAFT disagree most.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import Subset
 
 from maft.data.vocabulary import Vocabulary
 
@@ -27,10 +31,15 @@ def write_run_pictures(
     out = Path(out_dir) / "pictures"
     out.mkdir(parents=True, exist_ok=True)
     dm.setup("test")
-    ds = dm.test_datasets[0]
+    ds, indices = dm.test_datasets[0], None
+    while isinstance(ds, Subset):  # max_val_images keeps the first images of the split
+        outer = range(len(ds)) if indices is None else indices
+        indices = [int(ds.indices[i]) for i in outer]
+        ds = ds.dataset
+    order = indices if indices is not None else range(len(ds))
     predictor = Predictor(task, device=task.device, mode="maft", short_side=dm.test_short_side)
     written: list[Path] = []
-    for i in range(min(n, len(ds))):
+    for i in list(order)[:n]:
         image_path, label_path = ds.pairs[i]
         image = read_image(image_path)  # [H, W, 3] uint8
         gt = ds.decode_label(label_path)  # [H, W] int64, original size

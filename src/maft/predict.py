@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,7 +19,13 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point (`maft-predict`)."""
+    """Console-script entry point (`maft-predict`): unquoted non-ASCII lists get a clear hint."""
+    from maft.data.vocabulary import unquoted_override_error
+
+    problem = unquoted_override_error(sys.argv[1:])
+    if problem:
+        print(f"maft: error: ConfigError: {problem}", file=sys.stderr)
+        sys.exit(2)
     _main()
 
 

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from maft.data.collate import SemSegCollate
+from maft.data.names import normalize_name
 from maft.data.vocabulary import Vocabulary
-from maft.errors import CheckpointError, ConfigError, DatasetFileError, VocabularyError
+from maft.errors import CheckpointError, ConfigError, DatasetFileError
 from maft.models.segmenter import SegmenterOutput
 from maft.viz import overlay, proposal_panel, to_rgb_array, write_label_png
 
@@ -63,24 +64,12 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 
 def as_vocabulary(vocabulary: VocabLike) -> Vocabulary:
-    """A list of names, a :class:`Vocabulary` or a text file (``| unseen`` markers allowed)."""
-    if isinstance(vocabulary, Vocabulary):
-        return vocabulary
-    if isinstance(vocabulary, (str, Path)):
-        path = Path(vocabulary)
-        if path.is_file():
-            return Vocabulary.from_file(path)
-        text = str(vocabulary)
-        if path.suffix or "/" in text or "\\" in text:
-            raise VocabularyError(
-                f"vocabulary file not found: {path}; give an existing text file (one name per "
-                "line) or a list of names such as [cat,sofa,wall]"
-            )
-        vocabulary = [n for n in text.split(",") if n.strip()]  # "cat,sofa,wall"
-    names = [str(n) for n in vocabulary]
-    if not names:
-        raise VocabularyError("empty vocabulary: give at least one class name")
-    return Vocabulary.from_names(names)
+    """A list of names, a :class:`Vocabulary`, a text file or a string list.
+
+    A string without commas or brackets is a file path (missing file: an error with a hint); a
+    one-class vocabulary is a list such as ``["cat"]``. Full rules: :meth:`Vocabulary.parse`.
+    """
+    return Vocabulary.parse(vocabulary)
 
 
 def resolve_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -183,7 +172,7 @@ class Predictor:
         self.mode = mode
         self.short_side, self.max_long_side = int(short_side), int(max_long_side)
         self.segmenter(mode)  # unknown modes fail here, naming the valid ones
-        self.training_names = {n.strip().lower() for n in task.vocab.seen_names}
+        self.training_names = {normalize_name(n) for n in task.vocab.seen_names}
         self.collate = SemSegCollate(ignore_index=255, size_divisibility=32)
 
     @classmethod
@@ -242,7 +231,7 @@ class Predictor:
 
     def split(self, vocab: Vocabulary) -> Vocabulary:
         """``vocab`` with seen = matches a training class and not marked ``| unseen``."""
-        match = [n.strip().lower() in self.training_names for n in vocab.names]
+        match = [normalize_name(n) in self.training_names for n in vocab.names]
         seen = torch.tensor(match, dtype=torch.bool) & vocab.seen
         return Vocabulary(vocab.names, seen, vocab.ignore_index, vocab.benchmark, vocab.split)
 
@@ -312,25 +301,34 @@ class Predictor:
         )
 
     def proposal_figure(
-        self, image: ImageLike, vocabulary: VocabLike, num: int = 4, top_k: int = 5
+        self,
+        image: ImageLike,
+        vocabulary: VocabLike,
+        num: int = 4,
+        top_k: int = 5,
+        min_area: float = 0.01,
     ) -> tuple[Image.Image, list[dict[str, Any]]]:
-        """The paper's figure: ``num`` largest proposals, top-k ``A^c`` of frozen CLIP vs MAFT.
+        """The paper's figure: the ``num`` proposals where frozen CLIP and MAFT disagree most.
 
         Both rows use the same proposals (one generator); frozen = teacher IP-CLIP
-        (``frozen_ip_clip``), MAFT = fine-tuned IP-CLIP (``maft``). Returns the picture and, per
-        proposal shown, ``{"index", "area_share", "frozen", "maft"}``.
+        (``frozen_ip_clip``), MAFT = fine-tuned IP-CLIP (``maft``). Proposals are ranked by the
+        total-variation distance between the two ``A^c`` distributions, among valid proposals
+        covering at least ``min_area`` of the image (see :func:`select_proposals`). Returns the
+        picture and, per proposal shown, ``{"index", "area_share", "disagreement", "frozen",
+        "maft"}``.
         """
         out_maft, info = self.run(image, vocabulary, mode="maft")
         out_frozen, _ = self.run(info["image"], info["vocab"], mode="frozen_ip_clip")
         names, batch = info["vocab"].names, info["batch"]
         props = describe_proposals(out_maft, batch, names, top_k)
-        order = sorted(props, key=lambda p: (not p["valid"], -p["area_share"], p["index"]))
-        chosen = [p["index"] for p in order[: max(int(num), 0)]]
+        tv = disagreement(out_frozen.clip_probs[0], out_maft.clip_probs[0])  # [N]
+        chosen = select_proposals(props, tv, num, min_area)
         masks = proposal_masks(out_maft, batch)[chosen]  # [K, H0, W0]
         rows = [
             {
                 "index": q,
                 "area_share": props[q]["area_share"],
+                "disagreement": round(float(tv[q]), 6),
                 "frozen": [tuple(t) for t in _topk(out_frozen.clip_probs[0, q], names, top_k)],
                 "maft": [tuple(t) for t in _topk(out_maft.clip_probs[0, q], names, top_k)],
             }
@@ -343,6 +341,28 @@ class Predictor:
             [r["maft"] for r in rows],
         )
         return picture, rows
+
+
+def disagreement(frozen: torch.Tensor, maft: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance between two ``A^c`` rows per proposal: ``[N, C], [N, C] -> [N]``."""
+    return 0.5 * (frozen.float() - maft.float()).abs().sum(-1).cpu()
+
+
+def select_proposals(
+    props: Sequence[dict[str, Any]], tv: torch.Tensor, num: int, min_area: float = 0.01
+) -> list[int]:
+    """Indices of the ``num`` proposals to show, most disagreeing first.
+
+    Valid proposals covering at least ``min_area`` of the image come first, by decreasing
+    total-variation distance ``tv`` (ties: lower index); when fewer qualify, the rest fill in
+    (valid before invalid, large before small, then by ``tv``).
+    """
+
+    def key(p: dict[str, Any]) -> tuple[bool, bool, float, int]:
+        q = int(p["index"])
+        return (not p["valid"], p["area_share"] < min_area, -float(tv[q]), q)
+
+    return [int(p["index"]) for p in sorted(props, key=key)[: max(int(num), 0)]]
 
 
 # ---------------------------------------------------------------------------------------- proposals
@@ -474,9 +494,11 @@ __all__ = [
     "Predictor",
     "as_vocabulary",
     "describe_proposals",
+    "disagreement",
     "load_image",
     "proposal_masks",
     "resolve_images",
     "run_predict_cli",
+    "select_proposals",
     "write_label_png",
 ]

@@ -76,9 +76,7 @@ def build_vocabulary(cfg: DictConfig) -> Vocabulary:
     return Vocabulary.from_benchmark(bench, split=split)
 
 
-def build_datamodule(
-    cfg: DictConfig, vocab: Vocabulary, **overrides: Any
-) -> L.LightningDataModule:
+def build_datamodule(cfg: DictConfig, vocab: Vocabulary, **overrides: Any) -> L.LightningDataModule:
     """Instantiate ``cfg.data`` with the run's vocabulary (misspelled keys fail with their name)."""
     try:
         factory = instantiate(cfg.data, _partial_=True, _convert_="all")
@@ -287,8 +285,16 @@ def _meta(
     }
 
 
-def _finish(cfg, vocab, results, timings, ckpt, task=None) -> dict[str, Any]:
+def _finish(cfg, vocab, results, timings, ckpt, task=None, dm=None) -> dict[str, Any]:
     meta = _meta(cfg, vocab, results, ckpt, task)
+    if dm is not None and getattr(dm, "test_datasets", None):
+        counts = dict(dm.num_test_images)
+        skipped = dict(getattr(dm, "num_test_unlabeled", {}) or {})
+        if counts:
+            meta["images evaluated"] = ", ".join(
+                f"{k}: {n}" + (f" ({skipped[k]} without a label skipped)" if skipped.get(k) else "")
+                for k, n in counts.items()
+            )
     out = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:  # DDP: every rank holds the synced metrics; one writes them
         write_reports(out, results, meta, timings)
@@ -322,6 +328,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     vocab = build_vocabulary(cfg)
     dm = build_datamodule(cfg, vocab)
     dm.setup("fit" if stages else "test")  # a missing or broken dataset fails now, by name
+    if stages and rows:
+        dm.setup("test")  # test sets are scanned too, before any training
     timings["data"] = time.perf_counter() - t0
     resolve_clip_weights(cfg, timings)
     ckpt = cfg.get("proposals_ckpt")
@@ -359,7 +367,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             results["maft"] = evaluate(task, dm, cfg, "maft")
             timings["eval maft"] = time.perf_counter() - t0
         _pictures(cfg, task, dm, vocab, timings)
-    return _finish(cfg, vocab, results, timings, final, task)
+    return _finish(cfg, vocab, results, timings, final, task, dm)
 
 
 def _pictures(cfg: DictConfig, task: Any, dm: Any, vocab: Vocabulary, timings: dict) -> None:
@@ -413,7 +421,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         results[row] = evaluate(task, dm, cfg, row)
         timings[f"eval {row}"] = time.perf_counter() - t0
     _pictures(cfg, task, dm, vocab, timings)
-    return _finish(cfg, vocab, results, timings, str(cfg.ckpt_path), task)
+    return _finish(cfg, vocab, results, timings, str(cfg.ckpt_path), task, dm)
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def test_kept_list_is_cached(tmp_path, monkeypatch, _isolated_cache):
     real = dataset_mod.read_label
     monkeypatch.setattr(dataset_mod, "read_label", lambda p: calls.append(p) or real(p))
     SemSegDataset("voc_20", sb.root, "train", vocabulary=vocab)
-    assert len(calls) == 4 and len(list(_isolated_cache.glob("kept_*.json"))) == 1
+    assert len(calls) == 4 and len(list(_isolated_cache.glob("scan_*.json"))) == 1
     calls.clear()
     ds = SemSegDataset("voc_20", sb.root, "train", vocabulary=vocab)
     assert calls == [] and len(ds) == 3

@@ -110,3 +110,77 @@ def test_from_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("cat | maybe\n")
     with pytest.raises(VocabularyError, match="bad.txt:1"):
         Vocabulary.from_file(bad)
+
+
+@pytest.mark.parametrize(
+    "names, listed",
+    [
+        (["zebra", "wood", "Zebra"], "'zebra' and 'Zebra'"),
+        (["Sea  water", "sea water"], "'Sea  water' and 'sea water'"),
+        (["ｃａｔ", "cat"], "'ｃａｔ' and 'cat'"),  # full-width letters: the same name after NFKC
+    ],
+)
+def test_duplicates_are_case_insensitive_and_named(names: list[str], listed: str) -> None:
+    with pytest.raises(VocabularyError, match="duplicate") as err:
+        Vocabulary.from_names(names)
+    assert listed in str(err.value)
+
+
+def test_case_insensitive_duplicate_in_a_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_text("zebra\nwood\nZebra | unseen\n", "utf-8")
+    with pytest.raises(VocabularyError, match=r"classes.txt.*'zebra' and 'Zebra'"):
+        Vocabulary.from_file(path)
+
+
+def test_parse_lists_strings_and_files(tmp_path: Path) -> None:
+    assert Vocabulary.parse(["cat"]).names == ["cat"]  # a one-word list is fine
+    assert Vocabulary.parse("cat,sofa, wall").names == ["cat", "sofa", "wall"]
+    assert Vocabulary.parse("cat,").names == ["cat"]
+    assert Vocabulary.parse("[Straße, 猫]").names == ["Straße", "猫"]
+    assert Vocabulary.parse("['road, route', \"sky\"]").names == ["road, route", "sky"]
+    path = tmp_path / "classes"  # a file without a suffix is still a file
+    path.write_text("brick\nsand | unseen\n", "utf-8")
+    v = Vocabulary.parse(str(path))
+    assert v.names == ["brick", "sand"] and v.unseen_names == ["sand"]
+    assert Vocabulary.parse(v) is v
+
+
+@pytest.mark.parametrize("spec", ["classes", "Straße"])
+def test_bare_word_that_is_no_file_is_an_error_with_a_hint(
+    spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VocabularyError, match="not an existing file") as err:
+        Vocabulary.parse(spec)
+    assert f"vocabulary=[{spec}]" in str(err.value)  # how to write a one-class vocabulary
+
+
+def test_missing_file_and_bad_types(tmp_path: Path) -> None:
+    with pytest.raises(VocabularyError, match="vocabulary file not found.*nope.txt"):
+        Vocabulary.parse(str(tmp_path / "nope.txt"))
+    with pytest.raises(VocabularyError, match="vocabulary file not found"):
+        Vocabulary.parse(tmp_path / "classes")  # a Path is always a file
+    with pytest.raises(VocabularyError, match="empty vocabulary"):
+        Vocabulary.parse("[]")
+    with pytest.raises(VocabularyError, match="list of names"):
+        Vocabulary.parse(3)
+
+
+def test_hydra_non_ascii_vocabulary_quoted_and_unquoted() -> None:
+    from maft.config import compose
+    from maft.data.vocabulary import unquoted_override_error
+
+    base = ["ckpt_path=x.ckpt", "image=x.jpg"]
+    quoted = compose([*base, "vocabulary='[Straße, 猫]'"], config_name="predict", output_dir="o")
+    assert Vocabulary.parse(quoted.vocabulary).names == ["Straße", "猫"]
+    bad = "vocabulary=[Straße,猫]"
+    message = unquoted_override_error([*base, bad])
+    assert message is not None and "quotes" in message
+    suggested = message.rsplit('"', 2)[1]  # the override the message tells the user to type
+    assert suggested == "vocabulary=['Straße','猫']"
+    cfg = compose([*base, suggested], config_name="predict", output_dir="o")
+    assert Vocabulary.parse(list(cfg.vocabulary)).names == ["Straße", "猫"]
+    assert unquoted_override_error([*base, suggested, "vocabulary=[cat]"]) is None
+    one = unquoted_override_error(["vocabulary=Straße"])
+    assert one is not None and "\"vocabulary=['Straße']\"" in one  # one class: a list

@@ -271,3 +271,72 @@ def test_exif_orientation_is_applied_to_files(predictor, rgb, tmp_path):
     pred = predictor.predict(path, VOCAB)
     assert tuple(pred.label_map.shape) == (70, 40)  # upright: width and height swapped
     assert pred.image.shape == (70, 40, 3)
+
+
+def test_select_proposals_prefers_disagreement_over_size():
+    from maft.predictor import disagreement, select_proposals
+
+    frozen = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [1.0, 0.0], [0.0, 1.0]])
+    maft = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.6, 0.4], [0.0, 1.0], [0.0, 1.0]])
+    tv = disagreement(frozen, maft)
+    assert tv.tolist() == pytest.approx([0.8, 0.0, 0.4, 1.0, 0.0])
+    props = [
+        {"index": 0, "valid": True, "area_share": 0.05},
+        {"index": 1, "valid": True, "area_share": 0.90},  # largest, but both models agree
+        {"index": 2, "valid": True, "area_share": 0.20},
+        {"index": 3, "valid": True, "area_share": 0.001},  # disagrees most, but a speck
+        {"index": 4, "valid": False, "area_share": 0.50},  # invalid
+    ]
+    assert select_proposals(props, tv, 2) == [0, 2]
+    assert select_proposals(props, tv, 3) == [0, 2, 1]  # then the other valid, large ones
+    assert select_proposals(props, tv, 5) == [0, 2, 1, 3, 4]
+    assert select_proposals(props, tv, 2, min_area=0.0) == [3, 0]
+    assert select_proposals(props, tv, 0) == []
+
+
+def test_proposal_figure_shows_the_most_disagreeing_proposals(predictor, rgb):
+    from maft.predictor import describe_proposals, disagreement
+
+    picture, rows = predictor.proposal_figure(rgb, VOCAB, num=3, top_k=5)
+    out_maft, info = predictor.run(rgb, VOCAB, mode="maft")
+    out_frozen, _ = predictor.run(rgb, VOCAB, mode="frozen_ip_clip")
+    tv = disagreement(out_frozen.clip_probs[0], out_maft.clip_probs[0])
+    props = describe_proposals(out_maft, info["batch"], info["vocab"].names)
+    eligible = [p["index"] for p in props if p["valid"] and p["area_share"] >= 0.01]
+    ranked = sorted(eligible, key=lambda q: (-float(tv[q]), q))  # by total-variation distance
+    largest = sorted(eligible, key=lambda q: (-props[q]["area_share"], q))
+    assert ranked[:3] != largest[:3]  # the fixture tells the two rules apart
+    assert [r["index"] for r in rows] == ranked[:3]
+    got = [r["disagreement"] for r in rows]
+    assert got == sorted(got, reverse=True)
+    assert got == pytest.approx([float(tv[q]) for q in ranked[:3]], abs=1e-6)
+
+
+def test_as_vocabulary_rules_for_strings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert as_vocabulary(["cat"]).names == ["cat"]
+    assert as_vocabulary("[Straße, 猫]").names == ["Straße", "猫"]
+    with pytest.raises(VocabularyError, match=r"not an existing file.*vocabulary=\[classes\]"):
+        as_vocabulary("classes")  # today's one-class vocabulary by accident
+    with pytest.raises(VocabularyError, match="duplicate.*'zebra' and 'Zebra'"):
+        as_vocabulary(["zebra", "wood", "Zebra"])
+
+
+def test_run_pictures_with_a_limited_test_set(tiny_task, tmp_path):
+    from maft.data import FolderDataModule, write_benchmark
+    from maft.pictures import write_run_pictures
+
+    sb = write_benchmark(tmp_path / "data", "folder", n_images=3, splits=("val",))
+    dm = FolderDataModule(
+        benchmark="folder",
+        root=str(sb.root),
+        num_workers=0,
+        pin_memory=False,
+        test_short_side=32,
+        max_val_images=2,  # the test set is a Subset of the split
+        cache_dir=str(tmp_path / "cache"),
+    )
+    written = write_run_pictures(tiny_task, dm, sb.vocabulary, tmp_path / "run", n=5)
+    stems = sorted({p.name.rsplit("_", 1)[0] for p in written})
+    assert stems == [s.stem for s in sb.samples["val"][:2]] and len(written) == 6
+    assert all(p.is_file() for p in written)

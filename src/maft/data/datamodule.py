@@ -4,6 +4,11 @@ One instance serves both tasks (proposal generator and MAFT): it only yields bat
 :class:`~maft.data.collate.SemSegCollate`. ``test_sets`` turns on the cross-dataset protocol:
 ``test_dataloader()`` then returns one loader per entry, with ``test_vocabularies`` and
 ``test_names`` aligned to it (metrics log under ``test/<name>/...``).
+
+``setup()`` scans every split it builds before any training (label values, image/label sizes;
+see :meth:`SemSegDataset.scan`), so a broken file fails the run at once, by name. Evaluation
+splits must have a label for every image unless ``allow_missing_labels=True``;
+``num_test_images`` gives how many images each test set evaluates.
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class SemSegDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         cache_dir: str | None = None,
+        allow_missing_labels: bool = False,
+        scan: bool = True,
     ) -> None:
         super().__init__()
         if self.benchmarks and benchmark not in self.benchmarks:
@@ -125,6 +132,7 @@ class SemSegDataModule(L.LightningDataModule):
         self.size_divisibility, self.image_pad_value = int(size_divisibility), int(image_pad_value)
         self.max_train_images, self.max_val_images = max_train_images, max_val_images
         self.train_split, self.val_split, self.cache_dir = train_split, val_split, cache_dir
+        self.allow_missing_labels, self.scan = bool(allow_missing_labels), bool(scan)
         self.test_sets = [self._check_test_set(dict(t)) for t in (test_sets or [])]
         self.test_vocabularies: list[Vocabulary] = [
             self._default_vocabulary(t["benchmark"], t["root"]) for t in self.test_sets
@@ -168,7 +176,14 @@ class SemSegDataModule(L.LightningDataModule):
         else:
             t = build_test_transform(self.test_short_side, self.test_max_long_side)
         return SemSegDataset(
-            self.benchmark, self.root, split, self.vocabulary, t, self.layout, self.cache_dir
+            self.benchmark,
+            self.root,
+            split,
+            self.vocabulary,
+            t,
+            self.layout,
+            self.cache_dir,
+            allow_missing_labels=train or self.allow_missing_labels,  # training may skip
         )
 
     def _test_dataset(self, entry: dict[str, Any], vocab: Vocabulary) -> SemSegDataset:
@@ -181,15 +196,23 @@ class SemSegDataModule(L.LightningDataModule):
             t,
             entry.get("layout", "registration"),
             self.cache_dir,
+            allow_missing_labels=self.allow_missing_labels,
         )
 
+    def _checked(self, ds: SemSegDataset, limit: int | None) -> Dataset:
+        """Scan the images the run will use (the first ``limit``), then apply the limit."""
+        if self.scan:
+            ds.scan(limit)
+        return _limit(ds, limit)
+
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets a stage needs (idempotent: both tasks may call it)."""
+        """Build and scan the datasets a stage needs (idempotent: both tasks may call it)."""
         if stage in (None, "fit") and self.train_dataset is None:
             ds = self._dataset(self.train_split, train=True)
-            self.train_dataset = _limit(ds, self.max_train_images)
+            self.train_dataset = self._checked(ds, self.max_train_images)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
-            self.val_dataset = _limit(self._dataset(self.val_split, False), self.max_val_images)
+            ds = self._dataset(self.val_split, train=False)
+            self.val_dataset = self._checked(ds, self.max_val_images)
         if stage in (None, "test") and not self.test_datasets:
             if self.test_sets:
                 sets = [
@@ -197,7 +220,29 @@ class SemSegDataModule(L.LightningDataModule):
                 ]
             else:
                 sets = [self._dataset(self.val_split, train=False)]
-            self.test_datasets = [_limit(d, self.max_val_images) for d in sets]
+            self.test_datasets = [self._checked(d, self.max_val_images) for d in sets]
+
+    # ------------------------------------------------------------------ counts
+    def _test_counts(self, what: str) -> dict[str, int]:
+        if not self.test_datasets:
+            raise ConfigError(f"{type(self).__name__}.setup('test') has not been called")
+        out = {}
+        for name, ds in zip(self.test_names, self.test_datasets):
+            base = ds
+            while isinstance(base, Subset):
+                base = base.dataset
+            out[name] = len(ds) if what == "images" else int(getattr(base, "num_unlabeled", 0))
+        return out
+
+    @property
+    def num_test_images(self) -> dict[str, int]:
+        """Images each test set evaluates, by test name (after ``max_val_images``)."""
+        return self._test_counts("images")
+
+    @property
+    def num_test_unlabeled(self) -> dict[str, int]:
+        """Images each test set skipped for lack of a label file (``allow_missing_labels``)."""
+        return self._test_counts("unlabeled")
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset | None, batch: int, ignore: int, train: bool) -> DataLoader:

@@ -36,6 +36,21 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)  # writable copy
 
 
+def read_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image or label file from its header (the pixels are not decoded)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return int(im.height), int(im.width)
+    except FileNotFoundError:
+        raise DatasetLayoutError(f"file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetFileError(
+            f"cannot read the header of {path}: {err}. The file is corrupt or not an image; "
+            "re-extract it from the original archive or delete it together with its label."
+        ) from None
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """Decode a single-channel PNG/TIFF label map to int64 ``[H, W]``."""
     path = Path(path)
@@ -97,9 +112,17 @@ def _listing(names: list[str]) -> str:
 
 
 def list_pairs(
-    layout: BenchmarkLayout, root: str | Path, split: str
+    layout: BenchmarkLayout,
+    root: str | Path,
+    split: str,
+    unlabeled: str | None = None,
+    hint: str = "",
 ) -> tuple[list[tuple[Path, Path]], int]:
-    """Sorted ``(image, label)`` pairs of ``split`` and the number of skipped unlabelled images."""
+    """Sorted ``(image, label)`` pairs of ``split`` and the number of skipped unlabelled images.
+
+    ``unlabeled`` (``"error"`` / ``"skip"``) overrides the layout's policy for images without a
+    label file; ``hint`` is appended to that error.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(
@@ -125,11 +148,12 @@ def list_pairs(
             f"{len(orphans)} label file(s) in {label_dir} have no image in {image_dir}: "
             f"{_listing(orphans)}. Restore the images or delete these labels."
         )
-    unlabeled = [] if layout.images_shared else [n for n in images if n not in labels]
-    if unlabeled and layout.unlabeled_images == "error":
+    policy = unlabeled or layout.unlabeled_images
+    missing = [] if layout.images_shared else [n for n in images if n not in labels]
+    if missing and policy == "error":
         raise DatasetLayoutError(
-            f"{len(unlabeled)} image(s) in {image_dir} have no label in {label_dir}: "
-            f"{_listing(unlabeled)}. Add their labels or move the images out of the split."
+            f"{len(missing)} image(s) in {image_dir} have no label in {label_dir}: "
+            f"{_listing(missing)}. Add their labels or move the images out of the split." + hint
         )
     pairs = [(images[n], labels[n]) for n in sorted(labels)]
-    return pairs, len(unlabeled)
+    return pairs, len(missing)

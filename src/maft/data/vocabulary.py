@@ -13,6 +13,15 @@ Text-file format (``Vocabulary.from_file``)::
     sand | seen           # "| seen" is allowed and is the default
 
 Names are stripped of surrounding whitespace; names may contain commas and spaces ("road, route").
+Two names that differ only in case, Unicode form or inner whitespace ("zebra" and "Zebra") are
+duplicates and an error, as is an empty name.
+
+:meth:`Vocabulary.parse` reads what a user gives on the command line or in Python: a
+:class:`Vocabulary`, a list of names, or a string. A string names an existing text file, or is a
+list: with commas (``"cat,sofa,wall"``), or in brackets (``"[Straße, 猫]"``, what Hydra gives for
+the quoted override ``vocabulary='[Straße, 猫]'``). Any other string (no comma, no brackets) is a
+file path, and a file that does not exist is an error: a one-class vocabulary is a list
+(``["cat"]``, ``vocabulary=[cat]`` or ``"cat,"``), never a bare word.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any
 
 import torch
 
+from maft.data.names import normalize_name
 from maft.errors import VocabularyError
 
 #: Split names accepted by :meth:`Vocabulary.from_benchmark`.
@@ -58,6 +68,39 @@ def _suggest(name: str, candidates: Sequence[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
+def _duplicates(names: Sequence[str]) -> list[list[str]]:
+    """Groups of names with the same :func:`normalize_name` key, in first-appearance order."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(normalize_name(n), []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _split_list(text: str) -> list[str]:
+    """Split ``a, 'b, c', "d"`` at commas outside quotes; strip spaces and one pair of quotes."""
+    items, current, quote = [], "", ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+            current += ch
+        elif ch in "'\"":
+            quote = ch
+            current += ch
+        elif ch == ",":
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    out = []
+    for item in (i.strip() for i in items):
+        if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
+            item = item[1:-1].strip()
+        if item:
+            out.append(item)
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
     """Ordered class names, which of them are seen in training, and the dataset's ignore value."""
@@ -74,9 +117,13 @@ class Vocabulary:
             raise VocabularyError("empty vocabulary: give at least one class name")
         if any(not n for n in names):
             raise VocabularyError(f"vocabulary has an empty class name: {self.names!r}")
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = _duplicates(names)
         if dupes:
-            raise VocabularyError(f"duplicate class names in vocabulary: {dupes}")
+            listed = "; ".join(" and ".join(repr(n) for n in group) for group in dupes)
+            raise VocabularyError(
+                f"duplicate class names in vocabulary (compared case-insensitively): {listed}; "
+                "give each class once"
+            )
         seen = torch.as_tensor(self.seen, dtype=torch.bool).flatten()
         if seen.numel() != len(names):
             raise VocabularyError(
@@ -149,6 +196,43 @@ class Vocabulary:
             return cls(names, torch.tensor(seen, dtype=torch.bool), ignore_index)
         except VocabularyError as err:
             raise VocabularyError(f"{path}: {err}") from None
+
+    @classmethod
+    def parse(cls, spec: Any) -> Vocabulary:
+        """A Vocabulary, list of names, text file or string list (rules: module docstring)."""
+        if isinstance(spec, Vocabulary):
+            return spec
+        if isinstance(spec, (str, Path)):
+            path = Path(spec)
+            text = str(spec).strip()
+            if path.is_file():
+                return cls.from_file(path)
+            if isinstance(spec, str) and text.startswith("[") and text.endswith("]"):
+                names = _split_list(text[1:-1])
+            elif isinstance(spec, str) and "," in text:
+                names = _split_list(text)
+            elif isinstance(spec, Path) or path.suffix or "/" in text or "\\" in text:
+                raise VocabularyError(
+                    f"vocabulary file not found: {path}; give an existing text file (one name per "
+                    "line) or a list of names such as vocabulary=[cat,sofa,wall]"
+                )
+            else:
+                raise VocabularyError(
+                    f"vocabulary {text!r} is not an existing file: a single word is read as the "
+                    f"path of a vocabulary file. For a one-class vocabulary give a list: "
+                    f"vocabulary=[{text}] on the command line, [{text!r}] in Python, or "
+                    f"{text + ','!r}; for a file, check the path (relative to the working folder)"
+                )
+        elif isinstance(spec, Iterable):
+            names = [str(n) for n in spec]
+        else:
+            raise VocabularyError(
+                f"vocabulary must be a list of names or a text file, got {type(spec).__name__} "
+                f"{spec!r}"
+            )
+        if not names:
+            raise VocabularyError("empty vocabulary: give at least one class name")
+        return cls.from_names(names)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
@@ -240,3 +324,44 @@ class Vocabulary:
         """Write the vocabulary in the :meth:`from_file` format."""
         lines = [n if s else f"{n} | unseen" for n, s in zip(self.names, self.seen.tolist())]
         Path(path).write_text("\n".join(lines) + "\n", "utf-8")
+
+
+def _quote(name: str) -> str:
+    return f"'{name}'" if "'" not in name else f'"{name}"'
+
+
+def unquoted_override_error(argv: Sequence[str]) -> str | None:
+    """Message for the first command-line override Hydra rejects for unquoted non-ASCII text.
+
+    Hydra's override lexer takes only ASCII letters outside quotes, so ``vocabulary=[Straße,猫]``
+    fails with a bare ``LexerNoViableAltException``. The message gives the quoted form to type
+    instead; ``None`` when every override with non-ASCII text parses.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = None
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or arg.startswith("-") or arg.isascii():
+            continue
+        parser = parser or OverridesParser.create()
+        try:
+            parser.parse_override(arg)
+            continue
+        except HydraException:
+            pass
+        text = value.strip()
+        word = not (Path(text).suffix or "/" in text or "\\" in text or "," in text)
+        if text.startswith("[") and text.endswith("]"):
+            quoted = f"{key}=[{','.join(_quote(n) for n in _split_list(text[1:-1]))}]"
+        elif key.lstrip("+").endswith("vocabulary") and word:  # one class: a list, not a file
+            quoted = f"{key}=[{_quote(text)}]"
+        else:
+            quoted = f"{key}={_quote(text)}"
+        return (
+            f"cannot read the override {arg!r}: Hydra reads non-ASCII characters only inside "
+            "quotes. Quote the value (each name of a list), and the whole override for the "
+            f'shell: "{quoted}"'
+        )
+    return None
