@@ -26,6 +26,9 @@ def main() -> None:
     if problem:
         print(f"maft: error: ConfigError: {problem}", file=sys.stderr)
         sys.exit(2)
+    if any(arg.startswith("output_dir=") for arg in sys.argv[1:]):
+        # outputs go where asked and nowhere else: no Hydra run folder, .hydra/ or log file
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     _main()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,8 +435,65 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def check_writable(out_dir: Path) -> None:
+    """ConfigError now, before any work, when ``out_dir`` cannot be created or written."""
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output folder {out_dir} is not writable (checked {probe}); choose another "
+            "output_dir=..."
+        )
+
+
+def _output_files(out_dir: Path, images: Sequence[Path]) -> list[dict[str, Path]]:
+    """The label PNG, overlay PNG and JSON each image will write (stems made unique)."""
+    used: set[str] = set()
+    plans = []
+    for path in images:
+        stem = _unique_stem(path, used)
+        plans.append(
+            {
+                "label": out_dir / f"{stem}_label.png",
+                "overlay": out_dir / f"{stem}_overlay.png",
+                "json": out_dir / f"{stem}.json",
+            }
+        )
+    return plans
+
+
+def _load_predictor(cfg: Any, ckpt: str) -> Predictor:
+    """A MaftTask checkpoint (or an official release file) as a Predictor, per the CLI options."""
+    from maft.models.release import is_release_file
+
+    ens = _get(cfg, "ensemble", {}) or {}
+    device, mode = _get(cfg, "device", "auto"), _get(cfg, "mode", "maft")
+    if is_release_file(ckpt):
+        predictor = Predictor.from_official(ckpt, _get(cfg, "release_config"), device=device)
+        if ens.get("lambda_") is not None:
+            predictor.task.lambda_ = float(ens["lambda_"])
+        if ens.get("form") is not None:
+            predictor.task.form = str(ens["form"])
+        return predictor
+    return Predictor.from_checkpoint(
+        ckpt,
+        device=device,
+        mode=mode,
+        short_side=int(_get(cfg, "short_side", 640)),
+        lambda_=ens.get("lambda_"),
+        form=ens.get("form"),
+    )
+
+
 def run_predict_cli(cfg: Any) -> dict[str, Any]:
-    """Segment ``cfg.image`` (file, folder or glob) with ``cfg.vocabulary``; write PNGs + JSON."""
+    """Segment ``cfg.image`` (file, folder or glob) with ``cfg.vocabulary``; write PNGs + JSON.
+
+    Everything that can be checked is checked before any work: the inputs, the checkpoint, that
+    the output folder is writable and that no output would overwrite an existing file (unless
+    ``overwrite=true``). An unreadable image does not stop a folder run: the others are written,
+    the failures are listed at the end and the run fails (exit status 2).
+    """
     from tqdm import tqdm
 
     ckpt = _get(cfg, "ckpt_path")
@@ -445,26 +503,27 @@ def run_predict_cli(cfg: Any) -> dict[str, Any]:
         raise ConfigError("vocabulary is required: vocabulary=[cat,sofa,wall] or a text file")
     images = resolve_images(_get(cfg, "image"))
     vocab = as_vocabulary(_get(cfg, "vocabulary"))
-    ens = _get(cfg, "ensemble", {}) or {}
-    predictor = Predictor.from_checkpoint(
-        ckpt,
-        device=_get(cfg, "device", "auto"),
-        mode=_get(cfg, "mode", "maft"),
-        short_side=int(_get(cfg, "short_side", 640)),
-        lambda_=ens.get("lambda_"),
-        form=ens.get("form"),
-    )
     out_dir = Path(_get(cfg, "output_dir", "predictions"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    top_k, used, written = int(_get(cfg, "top_k", 5)), set(), []
-    for path in tqdm(images, desc="predict", unit="image", disable=len(images) < 2):
-        pred = predictor.predict(path, vocab, top_k=top_k, return_scores=False)
-        stem = _unique_stem(path, used)
-        files = {
-            "label": out_dir / f"{stem}_label.png",
-            "overlay": out_dir / f"{stem}_overlay.png",
-            "json": out_dir / f"{stem}.json",
-        }
+    check_writable(out_dir)
+    plans = _output_files(out_dir, images)
+    existing = [str(f) for plan in plans for f in plan.values() if f.exists()]
+    if existing and not _get(cfg, "overwrite", False):
+        more = f" (+{len(existing) - 3} more)" if len(existing) > 3 else ""
+        raise ConfigError(
+            f"refusing to overwrite {existing[:3]}{more}; pass overwrite=true or another "
+            "output_dir=..."
+        )
+    predictor = _load_predictor(cfg, str(ckpt))
+    top_k, written, failed = int(_get(cfg, "top_k", 5)), [], []
+    for path, files in tqdm(
+        list(zip(images, plans)), desc="predict", unit="image", disable=len(images) < 2
+    ):
+        try:
+            pred = predictor.predict(path, vocab, top_k=top_k, return_scores=False)
+        except DatasetFileError as err:  # an unreadable image: go on with the others
+            failed.append(f"{path}: {err}")
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
         write_label_png(pred.label_map, len(pred.names), files["label"])
         pred.overlay().save(files["overlay"], format="PNG")
         record = {"image": str(path), **pred.to_dict()}
@@ -482,10 +541,16 @@ def run_predict_cli(cfg: Any) -> dict[str, Any]:
         "seen_names": split.seen_names,
         "unseen_names": split.unseen_names,
         "files": written,
+        "failed": failed,
     }
     print(f"maft.predict: {len(written)} image(s) -> {out_dir}")
     if split.unseen_names:
         print(f"  unseen (not among the training classes): {', '.join(split.unseen_names)}")
+    if failed:
+        raise DatasetFileError(
+            f"{len(failed)} of {len(images)} image(s) could not be segmented:\n  "
+            + "\n  ".join(failed)
+        )
     return summary
 
 
@@ -497,6 +562,7 @@ __all__ = [
     "disagreement",
     "load_image",
     "proposal_masks",
+    "check_writable",
     "resolve_images",
     "run_predict_cli",
     "select_proposals",
