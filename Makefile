@@ -2,7 +2,7 @@
 PY      ?= .venv/bin/python
 STAMP   := .venv/.maft-installed
 
-.PHONY: help setup test test-slow test-gpu lint format demo demo-quick bench
+.PHONY: help setup test test-slow test-gpu lint format demo demo-quick app bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: $(STAMP)  ## the built-in world, end to end on CPU: world, tiny CLIP, prop
 
 demo-quick: $(STAMP)  ## the same pipeline on a smaller world with fewer steps (about a minute)
 	$(PY) -m maft.train experiment=world_quick
+
+app: $(STAMP)  ## serve the web demo on the demo's checkpoint (after make demo): http://127.0.0.1:7860
+	$(PY) -m maft.app ckpt_path=outputs/world/checkpoints/maft/final.ckpt short_side=64
 
 bench: $(STAMP)  ## speed/memory figures (quick presets on CPU; see scripts/ for --preset real and --device cuda)
 	$(PY) scripts/bench_ip_clip.py --preset quick --out bench_ip_clip.json && $(PY) scripts/bench_proposals.py --backbone resnet18 --size 128 --out bench_proposals.json && $(PY) scripts/bench_maft_step.py --preset quick --out bench_maft_step.json
