@@ -14,10 +14,12 @@ Ratios are lite / freeseg (above 1: the released part is faster or smaller). Not
 
     python scripts/bench_release.py                          # CPU, 1 warm-up + 1 timed run
     python scripts/bench_release.py --skip-vitl --repeats 2
-    python scripts/bench_release.py --device cuda --amp      # bf16 autocast, 3 + 10 runs
+    python scripts/bench_release.py --device cuda            # fp32, 3 warm-ups + 10 runs
+    python scripts/bench_release.py --device cuda --amp      # bf16 autocast, ..._cuda_bf16.json
     python scripts/bench_release.py --quick --out /tmp/b.json  # tiny sizes (tests)
 
-Prints one JSON object and writes it to --out (default docs/bench/bench_release_<device>.json).
+Prints one JSON object and writes it to --out (default docs/bench/bench_release_<device>.json,
+``_bf16`` added with --amp); progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import contextlib
 import datetime
 import gc
 import json
+import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +64,7 @@ REAL: dict[str, Any] = {
     },
     "generator_size": 640,
     "generator_clip_dim": 512,
+    "classes": 171,  # COCO-Stuff-171, the training vocabulary of the releases
     "freeseg": {"arch": "freeseg"},  # FreeSegGenerator defaults are the released sizes
     "lite": {
         "arch": "lite",
@@ -91,6 +96,7 @@ QUICK: dict[str, Any] = {
     },
     "generator_size": 64,
     "generator_clip_dim": 32,
+    "classes": 16,
     "freeseg": {
         "arch": "freeseg",
         "depth": 50,
@@ -146,7 +152,7 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 
 def measure(
-    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int
+    label: str, fn: Callable[[], object], device: torch.device, warmup: int, repeats: int
 ) -> dict[str, Any]:
     """Median and min seconds of ``repeats`` calls after ``warmup`` ones, and peak memory (MiB).
 
@@ -169,6 +175,7 @@ def measure(
     }
     if device.type == "cuda":
         out["total_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(f"{label:40s} {out['seconds']:10.4f} s {out['peak_mib']:10.1f} MiB", file=sys.stderr)
     return out
 
 
@@ -193,8 +200,7 @@ def weights_mib(module: nn.Module) -> float:
 
 
 def free_memory() -> None:
-    """Collect garbage (and empty the CUDA cache) between measurements."""
-    gc.collect()
+    """Return cached CUDA blocks between measurements (each measurement starts with a gc)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -267,8 +273,12 @@ def bench_deform_attn(
     forward: dict[str, Any] = {}
     backward: dict[str, Any] = {}
     for name, model in models.items():
-        forward[name] = measure(infer(model.eval()), device, warmup, repeats)
-        backward[name] = measure(train(model.train()), device, warmup, repeats)
+        forward[name] = measure(
+            f"deform_attn forward {name}", infer(model.eval()), device, warmup, repeats
+        )
+        backward[name] = measure(
+            f"deform_attn fwd+bwd {name}", train(model.train()), device, warmup, repeats
+        )
         for entry in (forward[name], backward[name]):
             entry["params"] = n_params(model)
     forward["ratio_lite_over_freeseg"] = ratio(forward["lite"], forward["freeseg"])
@@ -290,7 +300,7 @@ def bench_deform_attn(
         with torch.inference_mode(), autocast(device, amp):
             return ms_deform_attn_core(value, spatial, locations, weights)
 
-    core_op = measure(core, device, warmup, max(repeats, 3))
+    core_op = measure("deform_attn core op", core, device, warmup, max(repeats, 3))
     core_op["calls_per_decoder_forward"] = cfg["enc_layers"]
     core_op["shapes"] = {
         "value": list(value.shape),
@@ -298,7 +308,7 @@ def bench_deform_attn(
         "attention_weights": list(weights.shape),
         "spatial_shapes": [list(s) for s in shapes],
     }
-    del freeseg, lite, models, value, locations, weights
+    del freeseg, lite, models
     free_memory()
     return {
         "settings": {
@@ -339,10 +349,15 @@ def bench_generator(
     clip_dim = preset["generator_clip_dim"]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (1, 3, size, size), generator=g).float().to(device)
-    text = torch.nn.functional.normalize(torch.randn(171, clip_dim, generator=g), dim=-1)
+    classes = preset["classes"]
+    text = torch.nn.functional.normalize(torch.randn(classes, clip_dim, generator=g), dim=-1)
     text = text.to(device)
     result: dict[str, Any] = {}
-    settings: dict[str, Any] = {"image": [1, 3, size, size], "classes": 171, "clip_dim": clip_dim}
+    settings: dict[str, Any] = {
+        "image": [1, 3, size, size],
+        "classes": classes,
+        "clip_dim": clip_dim,
+    }
     for name in ("freeseg", "lite"):
         torch.manual_seed(0)
         cfg = {**preset[name], "clip_dim": clip_dim}
@@ -352,7 +367,7 @@ def bench_generator(
             with torch.inference_mode(), autocast(device, amp):
                 return model(images, text)
 
-        result[name] = measure(run, device, warmup, repeats)
+        result[name] = measure(f"generator {name}", run, device, warmup, repeats)
         result[name]["params"] = n_params(model)
         result[name]["weights_mib"] = weights_mib(model)
         settings[name] = cfg
@@ -373,11 +388,13 @@ def bench_released_model(
     warmup: int,
     repeats: int,
     skip_vitl: bool,
+    real_text: bool,
 ) -> dict[str, Any]:
     """Whole-model inference per image (generator + IP-CLIP + ensemble + post-processing)."""
     from maft.tasks.maft_task import MaftTask
 
-    vocab = Vocabulary.from_benchmark("coco_stuff_171", split=None)
+    names = Vocabulary.from_benchmark("coco_stuff_171", split=None).names
+    vocab = Vocabulary.from_names(names[: preset["classes"]])
     (h, w), (ch, cw), orig = preset["image"], preset["canvas"], preset["orig"]
     g = torch.Generator().manual_seed(0)
     images = torch.zeros(1, 3, ch, cw)
@@ -392,7 +409,12 @@ def bench_released_model(
             "orig_size": list(orig),
             "classes": vocab.num_classes,
             "call": 'task.segmenter("maft")(images, text_emb, None, valid_size, orig_size)',
-            "text_embeddings": "computed once before timing (not timed)",
+            "text_embeddings": (
+                "the text tower's (14 templates per class), computed once, not timed"
+                if real_text
+                else "random unit vectors [classes, D] made once, not timed (--real-text: the "
+                "text tower's; the image path costs the same)"
+            ),
             "weights": "random (no download)",
         }
     }
@@ -409,23 +431,34 @@ def bench_released_model(
             **clip_extra,
         }
         entry: dict[str, Any] = {"clip": clip}
+        text = None
         for gen_name in ("freeseg", "lite"):
             torch.manual_seed(0)
             gen = {**preset[gen_name], "clip_dim": clip["embed_dim"]}
             task = MaftTask(vocabulary=vocab.to_dict(), clip=clip, generator=gen).to(device).eval()
-            with torch.inference_mode():
-                text = task.text_embeddings(vocab)
+            if text is None:  # one set of embeddings serves both generators
+                start = time.perf_counter()
+                if real_text:
+                    with torch.inference_mode():
+                        text = task.text_embeddings(vocab)
+                    entry["text_embeddings_s"] = time.perf_counter() - start
+                else:
+                    g = torch.Generator().manual_seed(0)
+                    text = torch.randn(vocab.num_classes, clip["embed_dim"], generator=g)
+                    text = torch.nn.functional.normalize(text, dim=-1).to(device)
             seg = task.segmenter("maft")
 
             def run(seg: nn.Module = seg, text: torch.Tensor = text) -> object:
                 with torch.inference_mode(), autocast(device, amp):
                     return seg(images, text, None, valid_size, orig_size)
 
-            entry[gen_name] = measure(run, device, warmup, repeats)
+            entry[gen_name] = measure(
+                f"released_model {clip_name} {gen_name}", run, device, warmup, repeats
+            )
             entry[gen_name]["proposals"] = int(task.generator.num_queries)
             entry[gen_name]["generator_params"] = n_params(task.generator)
             entry[gen_name]["clip_visual_params"] = n_params(task.clip_model.visual)
-            del task, seg, text, run
+            del task, seg, run
             free_memory()
         entry["ratio_lite_over_freeseg"] = ratio(entry["lite"], entry["freeseg"])
         out[clip_name] = entry
@@ -442,6 +475,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="default: 1 on CPU, 3 on CUDA")
     p.add_argument("--repeats", type=int, default=None, help="default: 1 on CPU, 10 on CUDA")
     p.add_argument("--skip-vitl", action="store_true", help="no ViT-L/14 whole-model run")
+    p.add_argument(
+        "--real-text",
+        action="store_true",
+        help="text embeddings from the text tower (minutes on CPU) instead of random unit vectors",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
@@ -457,7 +495,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     repeats = args.repeats if args.repeats is not None else (10 if cuda else 1)
     preset = QUICK if args.quick else REAL
-    out_path = args.out or ROOT / "docs" / "bench" / f"bench_release_{device.type}.json"
+    stem = f"bench_release_{device.type}" + ("_bf16" if args.amp else "")
+    out_path = args.out or ROOT / "docs" / "bench" / f"{stem}.json"
     started = time.perf_counter()
     result: dict[str, Any] = {
         "script": "scripts/bench_release.py",
@@ -468,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **machine(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_at_start": list(os.getloadavg()),
         },
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -484,11 +524,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "ratio": "lite / freeseg, measured side by side in this run",
     }
-    result["deform_attn"] = bench_deform_attn(preset["deform"], device, args.amp, warmup, repeats)
-    result["generator"] = bench_generator(preset, device, args.amp, warmup, repeats)
-    result["released_model"] = bench_released_model(
-        preset, device, args.amp, warmup, repeats, args.skip_vitl
-    )
+    # Every measurement starts with gc.collect(); freezing the objects that exist now (torch,
+    # lightning, open_clip: about 400k) keeps that collect from scanning them each time.
+    gc.freeze()
+    try:
+        result["deform_attn"] = bench_deform_attn(
+            preset["deform"], device, args.amp, warmup, repeats
+        )
+        result["generator"] = bench_generator(preset, device, args.amp, warmup, repeats)
+        result["released_model"] = bench_released_model(
+            preset, device, args.amp, warmup, repeats, args.skip_vitl, args.real_text
+        )
+    finally:
+        gc.unfreeze()
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
     print(text)
