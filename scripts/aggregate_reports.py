@@ -1,88 +1,10 @@
-#!/usr/bin/env python
 """Turn a Hydra multirun folder into one Markdown table (rows = runs, columns = metrics).
 
-    python scripts/aggregate_reports.py multirun/train/2026-11-26_12-00-00 [--out table.md]
-
-Each run folder holds `metrics.json` (written by maft.train / maft.eval) and
-`.hydra/overrides.yaml`; a row is named by the run's overrides, e.g. `model.ensemble.lambda_=0.4`.
+Runs :mod:`maft.tools.aggregate_reports` (installed as a console script too).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import math
-import sys
-from pathlib import Path
-
-COLUMNS = [
-    ("miou", "mIoU"),
-    ("miou_seen", "mIoU(S)"),
-    ("miou_unseen", "mIoU(U)"),
-    ("hiou", "hIoU"),
-    ("pacc", "pAcc"),
-]
-
-
-def run_name(run_dir: Path) -> str:
-    """The run's Hydra overrides joined by spaces (its folder name when there are none)."""
-    f = run_dir / ".hydra" / "overrides.yaml"
-    if f.is_file():
-        items = [line[2:].strip() for line in f.read_text().splitlines() if line.startswith("- ")]
-        if items:
-            return " ".join(items)
-    return run_dir.name
-
-
-def collect(sweep_dir: Path) -> list[tuple[str, str, str, dict]]:
-    """(run, model row, benchmark, metrics) for every metrics.json under ``sweep_dir``."""
-    rows = []
-    files = sorted(sweep_dir.rglob("metrics.json"), key=lambda p: (len(p.parts), str(p)))
-    for path in files:
-        payload = json.loads(path.read_text())
-        name = run_name(path.parent)
-        for model, per_bench in payload.get("results", {}).items():
-            for bench, metrics in per_bench.items():
-                rows.append((name, model, bench, metrics))
-    return rows
-
-
-def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.2f}"
-
-
-def table(rows: list[tuple[str, str, str, dict]]) -> str:
-    """Markdown table of ``rows``; columns without any value are left out."""
-    cols = [(k, c) for k, c in COLUMNS if any(k in m for *_, m in rows)]
-    out = [
-        "| run | model | benchmark | " + " | ".join(c for _, c in cols) + " |",
-        "|---|---|---|" + "---|" * len(cols),
-    ]
-    for name, model, bench, m in rows:
-        out.append(
-            f"| {name} | {model} | {bench} | " + " | ".join(_fmt(m.get(k)) for k, _ in cols) + " |"
-        )
-    return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dir", type=Path)
-    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = ap.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"aggregate_reports: no such folder: {args.sweep_dir}", file=sys.stderr)
-        return 2
-    rows = collect(args.sweep_dir)
-    if not rows:
-        print(f"aggregate_reports: no metrics.json under {args.sweep_dir}", file=sys.stderr)
-        return 2
-    text = table(rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
-
+from maft.tools.aggregate_reports import *  # noqa: F403 - the tool's public functions, for tests and imports
+from maft.tools.aggregate_reports import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
