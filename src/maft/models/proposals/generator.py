@@ -10,16 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from maft.models.inference import zero_outside
 from maft.models.proposals.backbone import TimmBackbone
+from maft.models.proposals.base import LOGIT_SCALE, ProposalGeneratorBase
 from maft.models.proposals.interaction import TextPixelInteraction
 from maft.models.proposals.pixel_decoder import PixelDecoder
 from maft.models.proposals.transformer_decoder import MaskedAttentionDecoder
-
-LOGIT_SCALE = 100.0  # §a.1: fixed temperature 0.01
 
 
 def proposal_scores(class_logits: torch.Tensor) -> torch.Tensor:
@@ -27,7 +23,7 @@ def proposal_scores(class_logits: torch.Tensor) -> torch.Tensor:
     return class_logits.softmax(dim=-1)[..., :-1]
 
 
-class MaskProposalGenerator(nn.Module):
+class MaskProposalGenerator(ProposalGeneratorBase):
     """Class-agnostic mask proposals scored against a text vocabulary plus a learned void."""
 
     def __init__(
@@ -78,31 +74,7 @@ class MaskProposalGenerator(nn.Module):
             mask_dim=mask_dim,
             clip_dim=clip_dim,
         )
-        # §a.1: learned non-object embedding, N(0, D^-1/2), normalised before use
-        self.void_embedding = nn.Parameter(torch.randn(1, clip_dim) * clip_dim**-0.5)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
-
-    def vocabulary(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """[C, D] text embeddings -> [C+1, D] with the normalised void embedding appended last."""
-        if text_emb.ndim != 2 or text_emb.shape[1] != self.clip_dim:
-            raise ValueError(
-                f"text_emb must be [C, {self.clip_dim}], got {tuple(text_emb.shape)}; "
-                "set generator clip_dim to the CLIP embedding size"
-            )
-        void = F.normalize(self.void_embedding, dim=-1)
-        return torch.cat([text_emb.to(void.dtype), void], dim=0)
-
-    def classify(self, class_emb: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
-        """Cosine ×100 between class embeddings [B, N, D] and vocab [C+1, D] -> [B, N, C+1]."""
-        return LOGIT_SCALE * F.normalize(class_emb, dim=-1) @ vocab.T
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(f"image size {h}x{w} must be a multiple of 32 (pad the batch)")
+        self._init_head(clip_dim, pixel_mean, pixel_std)  # void embedding drawn last, as before
 
     def forward(
         self, images: torch.Tensor, text_emb: torch.Tensor, valid_size: torch.Tensor | None = None
@@ -115,8 +87,7 @@ class MaskProposalGenerator(nn.Module):
         Returns `mask_logits` [B, N, H/4, W/4], `class_logits` [B, N, C+1] (void last) and
         `aux_outputs`, the same two keys for each intermediate decoder prediction.
         """
-        self._check_images(images)
-        x = zero_outside((images.float() - self.pixel_mean) / self.pixel_std, valid_size)
+        x = self.normalize(images, valid_size)
         vocab = self.vocabulary(text_emb)
         mask_features, maps = self.pixel_decoder(self.backbone(x))
         if self.interaction is not None:

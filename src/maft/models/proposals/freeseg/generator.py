@@ -14,16 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from maft.models.inference import zero_outside
+from maft.models.proposals.base import LOGIT_SCALE, ProposalGeneratorBase
 from maft.models.proposals.freeseg.backbone import DeepLabResNet, load_backbone_weights
 from maft.models.proposals.freeseg.decoder import OpenVocabMaskedDecoder
 from maft.models.proposals.freeseg.interaction import ContextInteraction
 from maft.models.proposals.freeseg.pixel_decoder import MSDeformAttnPixelDecoder
-
-LOGIT_SCALE = 100.0  # fixed temperature 0.01 of the cosine logits
 
 
 class FreeSegHead(nn.Module):
@@ -41,7 +38,7 @@ class FreeSegHead(nn.Module):
         self.interaction = interaction
 
 
-class FreeSegGenerator(nn.Module):
+class FreeSegGenerator(ProposalGeneratorBase):
     """Mask proposals and CLIP-space class scores, architecture and key names as released."""
 
     def __init__(
@@ -133,36 +130,7 @@ class FreeSegGenerator(nn.Module):
             else None
         )
         self.sem_seg_head = FreeSegHead(pixel_decoder, predictor, context)
-        # learned non-object embedding, N(0, D^-1/2), normalised before use
-        self.void_embedding = nn.Parameter(torch.randn(1, clip_dim) * clip_dim**-0.5)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
-
-    # ---------------------------------------------------------------- vocabulary and scores
-    def vocabulary(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """[C, D] text embeddings -> [C+1, D] with the normalised void embedding appended last."""
-        if text_emb.ndim != 2 or text_emb.shape[1] != self.clip_dim:
-            raise ValueError(
-                f"text_emb must be [C, {self.clip_dim}], got {tuple(text_emb.shape)}; "
-                "the generator's class-embedding size must equal the CLIP embedding size"
-            )
-        void = F.normalize(self.void_embedding, dim=-1)
-        return torch.cat([text_emb.to(void.dtype), void], dim=0)
-
-    def classify(self, class_emb: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
-        """Cosine x100 between class embeddings [B, N, D] and vocab [C+1, D] -> [B, N, C+1]."""
-        return LOGIT_SCALE * F.normalize(class_emb, dim=-1) @ vocab.T
-
-    # ---------------------------------------------------------------- forward
-    def normalize(self, images: torch.Tensor, valid_size: torch.Tensor | None) -> torch.Tensor:
-        """0-255 canvas [B, 3, H, W] -> normalised, zero outside each valid box."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(f"image size {h}x{w} must be a multiple of 32 (pad the batch)")
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        return zero_outside(x, valid_size)
+        self._init_head(clip_dim, pixel_mean, pixel_std)
 
     def features(
         self, images: torch.Tensor, vocab: torch.Tensor, valid_size: torch.Tensor | None = None

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maft.models.proposals.layers import MLP  # noqa: F401 - re-exported (keys layers.N)
+
 
 class FrozenBatchNorm2d(nn.Module):
     """Batch norm with fixed statistics: y = (x - mean) / sqrt(var + eps) * w + b."""
@@ -90,23 +92,6 @@ def sine_position_embedding(x: torch.Tensor, num_pos_feats: int) -> torch.Tensor
     pos_x = encode(xs)[None, :, :].expand(h, w, num_pos_feats)  # [H, W, F]
     pos = torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1)  # [2F, H, W]
     return pos[None].expand(b, -1, -1, -1).to(x.dtype)
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers (``layers.0 … layers.{n-1}``) with ReLU between them."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., in_dim] -> [..., out_dim]."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 __all__ = ["ConvNorm", "FrozenBatchNorm2d", "MLP", "c2_xavier_fill", "sine_position_embedding"]
