@@ -9,33 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-TRAIN_NAMES = ["sky", "grass", "tree", "road"]
-TRAIN_SEEN = [True, True, True, False]  # "road" has no training labels
-
-TINY_CLIP = {
-    "name": "maft-tiny",
-    "embed_dim": 32,
-    "pretrained": None,
-    "quick_gelu": None,
-    "start_layer": 1,
-    "input_size": 32,
-}
-TINY_GENERATOR = {
-    "backbone": "test_resnet.r160_in1k",
-    "pretrained_backbone": False,
-    "backbone_weights": None,
-    "freeze_bn": False,
-    "hidden_dim": 32,
-    "num_queries": 8,
-    "dec_layers": 2,
-    "nheads": 2,
-    "dim_feedforward": 64,
-    "enc_layers": 1,
-    "enc_dim_feedforward": 64,
-    "mask_dim": 32,
-    "clip_dim": 32,
-    "context_interaction": False,
-}
+from maft_testing import TINY_CLIP, TINY_GENERATOR, TRAIN_NAMES, TRAIN_SEEN  # noqa: F401
+from maft_testing import lightning_checkpoint as save_checkpoint  # noqa: F401
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,38 +22,10 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def save_checkpoint(task: torch.nn.Module, path: Path) -> Path:
-    """Save ``task`` as Lightning does (state_dict + hyper_parameters)."""
-    import lightning as L
-
-    torch.save(
-        {
-            "state_dict": task.state_dict(),
-            "hyper_parameters": dict(task.hparams),
-            "pytorch-lightning_version": L.__version__,
-            "epoch": 0,
-            "global_step": 0,
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="session")
-def app_ckpt(tmp_path_factory) -> Path:
-    """A random-weight MaftTask checkpoint whose fine-tuned tower differs from the frozen one."""
-    from maft.data.vocabulary import Vocabulary
-    from maft.tasks.maft_task import MaftTask
-
-    torch.manual_seed(0)
-    vocab = Vocabulary.from_names(TRAIN_NAMES, seen=TRAIN_SEEN)
-    task = MaftTask(
-        vocabulary=vocab.to_dict(), clip=dict(TINY_CLIP), generator=dict(TINY_GENERATOR)
-    )
-    with torch.no_grad():  # as after fine-tuning: MAFT differs from frozen CLIP
-        for _, p in task.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return save_checkpoint(task, tmp_path_factory.mktemp("app_ckpt") / "maft.ckpt")
+def app_ckpt(maft_ckpt: Path) -> Path:
+    """The shared tiny MaftTask checkpoint (its fine-tuned tower differs from the frozen one)."""
+    return maft_ckpt
 
 
 @pytest.fixture(scope="session")
