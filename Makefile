@@ -36,7 +36,7 @@ demo-quick: $(STAMP)  ## the same pipeline on a smaller world with fewer steps (
 	$(PY) -m maft.train experiment=world_quick
 
 app: $(STAMP)  ## serve the web demo on the demo's checkpoint (after make demo): http://127.0.0.1:7860
-	$(PY) -m maft.app ckpt_path=outputs/world/checkpoints/maft/final.ckpt short_side=64
+	$(PY) -m maft.app ckpt_path=outputs/world/latest/checkpoints/maft/final.ckpt short_side=64
 
 bench: $(STAMP)  ## speed/memory figures (quick presets on CPU; see scripts/ for --preset real and --device cuda)
 	$(PY) scripts/bench_ip_clip.py --preset quick --out bench_ip_clip.json && $(PY) scripts/bench_proposals.py --backbone resnet18 --size 128 --out bench_proposals.json && $(PY) scripts/bench_maft_step.py --preset quick --out bench_maft_step.json

@@ -737,12 +737,12 @@ def serve(cfg: DictConfig, block: bool = True) -> gr.Blocks:
     if not ckpt or ckpt == "???":
         raise ConfigError(
             "ckpt_path is required: python -m maft.app ckpt_path=<MaftTask checkpoint> "
-            "(after `make demo`: outputs/world/checkpoints/maft/final.ckpt)"
+            "(after `make demo`: outputs/world/latest/checkpoints/maft/final.ckpt)"
         )
     if not Path(ckpt).is_file():
         raise CheckpointError(
             f"checkpoint not found: {ckpt} (the world demo's, "
-            "outputs/world/checkpoints/maft/final.ckpt, is written by `make demo`)"
+            "outputs/world/latest/checkpoints/maft/final.ckpt, is written by `make demo`)"
         )
     if not gradio_available():
         raise ConfigError(INSTALL_HINT)

@@ -1,4 +1,11 @@
-"""Lightning callbacks: validation panels (image | ground truth | prediction) per validation run.
+"""Lightning callbacks: the run's lifecycle (progress, stop on a signal, stage clock) and panels.
+
+- :class:`StageProgressBar`: the live terminal bar, in steps of the stage's ``max_steps``.
+- :class:`StageProgressLog`: a plain progress line (step N/max, loss, speed, time left) about every
+  tenth of a stage, for log files and pipes (logger ``maft.progress``).
+- :class:`GracefulStop`: SIGINT / SIGTERM finish the current step, save ``last.ckpt`` and stop.
+- :class:`StageClock`: training seconds of a stage, carried across resumes in its checkpoints.
+- :class:`LogValidationPanels`: validation panels (image | ground truth | prediction).
 
 The panels go to ``<dirpath or trainer.default_root_dir>/panels/epoch{E}_{i}.png`` and, when a
 TensorBoard logger is attached, to TensorBoard as ``val/panel_{i}``. Predictions come from, in
@@ -10,18 +17,223 @@ a task attribute ``last_val_predictions`` (same list), or a fresh forward of the
 from __future__ import annotations
 
 import logging
+import math
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from maft.errors import MaftError
 from maft.viz import panel, save_png
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("maft.progress")
+
+
+# ------------------------------------------------------------------------------ run lifecycle
+def interactive() -> bool:
+    """True when both output streams are terminals (live bars); False for files and pipes."""
+    return all(getattr(s, "isatty", lambda: False)() for s in (sys.stdout, sys.stderr))
+
+
+def duration(seconds: float) -> str:
+    """``4.2 s``, ``3 min 05 s``, ``2 h 01 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _metrics_text(trainer: L.Trainer) -> str:
+    """``loss 0.123`` from the progress-bar metrics (the training loss; no logger version)."""
+    items = []
+    for key, value in trainer.progress_bar_metrics.items():
+        if key.startswith("train/") and isinstance(value, int | float) and math.isfinite(value):
+            items.append(f"{key.removeprefix('train/')} {value:.4g}")
+    return ", ".join(items)
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars, with the training bar counting steps of the stage (not epochs)."""
+
+    def __init__(self, label: str = "", max_steps: int = 0) -> None:
+        super().__init__()
+        self.label, self.max_steps = label, int(max_steps)
+
+    def on_train_start(self, trainer: L.Trainer, *_: Any) -> None:
+        self.train_progress_bar = self.init_train_tqdm()
+        total = self.max_steps if self.max_steps > 0 else trainer.max_steps
+        self.train_progress_bar.reset(total=total if total and total > 0 else None)
+        self.train_progress_bar.n = self.train_progress_bar.initial = int(trainer.global_step)
+        self.train_progress_bar.set_description(self.label or "train")
+        self.train_progress_bar.refresh()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        """One bar for the whole stage: nothing to reset."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        bar, step = self.train_progress_bar, int(trainer.global_step)
+        if not bar.disable and self._should_update(step, bar.total):
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The progress-bar metrics without Lightning's logger version."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class StageProgressLog(L.Callback):
+    """A plain progress line about every tenth of a stage (or every ``max_interval_s`` seconds)."""
+
+    def __init__(self, label: str = "", max_steps: int = 0, lines: int = 10) -> None:
+        self.label, self.max_steps = label, int(max_steps)
+        self.every = max(1, math.ceil(self.max_steps / max(1, lines))) if max_steps > 0 else 50
+        self.max_interval_s = 300.0
+        self._t0 = self._last = 0.0
+        self._step0 = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = self._last = time.perf_counter()
+        self._step0 = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        step, now = int(trainer.global_step), time.perf_counter()
+        total = self.max_steps or int(trainer.max_steps)
+        due = step % self.every == 0 or step == total or now - self._last >= self.max_interval_s
+        if not due or not trainer.is_global_zero:
+            return
+        self._last = now
+        per_step = (now - self._t0) / max(1, step - self._step0)
+        share = 100 * step / max(1, total)
+        parts = [f"{self.label or 'train'}: step {step}/{total} ({share:.0f}%)"]
+        metrics = _metrics_text(trainer)
+        if metrics:
+            parts.append(metrics)
+        parts.append(f"{per_step:.2f} s/step")
+        if step < total:
+            parts.append(f"about {duration(per_step * (total - step))} left")
+        progress_log.info(", ".join(parts))
+
+
+class StageClock(L.Callback):
+    """Training seconds of a stage; saved in its checkpoints, so a resumed stage keeps counting."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds trained before this session (from the checkpoint)
+        self._t0: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds trained so far, earlier sessions included."""
+        running = 0.0 if self._t0 is None else time.perf_counter() - self._t0
+        return self.before + running
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.before, self._t0 = self.seconds, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seconds trained up to this checkpoint."""
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue counting from the checkpoint's seconds."""
+        self.before = float(state_dict.get("seconds", 0.0))
+
+
+class TrainingInterrupted(MaftError):
+    """SIGINT / SIGTERM stopped a training stage after saving a resumable checkpoint."""
+
+    def __init__(self, signum: int, stage: str, step: int, path: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stage {stage} stopped at step {step}; checkpoint {path}")
+        self.signum, self.stage, self.step, self.path = int(signum), stage, int(step), Path(path)
+
+
+class GracefulStop(L.Callback):
+    """SIGINT / SIGTERM: finish the running step, save ``<dirpath>/last.ckpt``, stop the stage.
+
+    A second SIGINT interrupts at once (without a checkpoint). Under DDP the ranks agree on the
+    stop at every step end, so they save and stop together. Handlers are installed for the
+    duration of ``fit`` only, from the main thread, and the previous ones restored afterwards.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, dirpath: str | Path, stage: str = "") -> None:
+        self.dirpath, self.stage = Path(dirpath), stage
+        self.signum: int | None = None  # the signal that stopped the stage
+        self.saved: Path | None = None
+        self.step = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = int(signum)
+        log.warning(
+            "%s received: finishing the current step of %s, then saving a checkpoint "
+            "(Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
+            self.stage or "the stage",
+        )
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signum, self.saved = None, None
+        self._install()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        wanted = self.signum is not None
+        if trainer.world_size > 1:
+            wanted = trainer.strategy.reduce_boolean_decision(wanted, all=False)
+            if wanted and self.signum is None:
+                self.signum = int(signal.SIGTERM)  # another rank got it
+        if not wanted or self.saved is not None:
+            return
+        self.step = int(trainer.global_step)
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(str(path))
+        self.saved = path
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, err: Any) -> None:
+        self._restore()
+
+    def raise_if_stopped(self) -> None:
+        """After ``fit``: raise :class:`TrainingInterrupted` when a signal stopped the stage."""
+        if self.signum is not None and self.saved is not None:
+            raise TrainingInterrupted(self.signum, self.stage, self.step, self.saved)
 
 
 def _display_image(
@@ -172,4 +384,13 @@ class LogValidationPanels(L.Callback):
         return [f"class {c}" for c in range(top)]
 
 
-__all__ = ["LogValidationPanels"]
+__all__ = [
+    "GracefulStop",
+    "LogValidationPanels",
+    "StageClock",
+    "StageProgressBar",
+    "StageProgressLog",
+    "TrainingInterrupted",
+    "duration",
+    "interactive",
+]

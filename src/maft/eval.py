@@ -1,4 +1,7 @@
-"""`python -m maft.eval experiment=NAME ckpt_path=...`: test a checkpoint, write the reports."""
+"""`python -m maft.eval experiment=NAME ckpt_path=...`: test a checkpoint, write the reports.
+
+Returns the run's headline metric (see :func:`maft.runner.headline`), for Hydra sweepers.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ from maft.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float:
     from maft.runner import cli_guard, run_eval  # heavy imports only when a job really runs
 
     with cli_guard():
-        run_eval(cfg)
+        summary = run_eval(cfg)
+    return float(summary["headline"])
 
 
 def main() -> None:

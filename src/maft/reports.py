@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,13 @@ def render_report(
     return text
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, path)
+
+
 def write_reports(
     out_dir: str | Path,
     results: Mapping[str, Mapping[str, Mapping[str, Any]]],
@@ -94,9 +102,9 @@ def write_reports(
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": dict(meta), "results": results, "timings_s": dict(timings or {})}
     json_path = out / "metrics.json"
-    json_path.write_text(json.dumps(payload, indent=2, allow_nan=True, default=str), "utf-8")
+    _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=True, default=str))
     md_path = out / "report.md"
-    md_path.write_text(render_report(results, meta, timings), "utf-8")
+    _write_atomic(md_path, render_report(results, meta, timings))
     return json_path, md_path
 
 

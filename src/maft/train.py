@@ -1,19 +1,144 @@
-"""`python -m maft.train experiment=NAME [overrides]`: train the experiment's stages, then test."""
+"""`python -m maft.train experiment=NAME [overrides]`: train the experiment's stages, then test.
+
+Returns the run's headline metric (``<row>/<benchmark>/hiou``, see :func:`maft.runner.headline`),
+the value a Hydra sweeper such as Optuna optimises. Also home of the run-folder rules
+(:func:`run_folder_problem`, :class:`RunFolderGuard`): they run before Hydra writes anything, so
+they import nothing heavy.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
 import hydra
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from maft.config import CONFIG_DIR
+from maft.errors import ConfigError
+
+#: Files that mark a folder as holding a run's results (never written over).
+RESULT_FILES = ("metrics.json", "report.md")
+
+
+def checkpoints_in(out: Path) -> list[str]:
+    """The stage checkpoints in a run folder, relative to it (``checkpoints/<stage>/*.ckpt``)."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(out).as_posix() for p in root.glob("*/*.ckpt"))
+
+
+def run_folder_problem(out: str | Path, command: str = "train", resume: bool = False) -> str | None:
+    """Why the run folder ``out`` cannot take this run, or None when it can.
+
+    A folder holding results (``metrics.json``, ``report.md``, pictures) is never written over;
+    a training run resuming (``ckpt_path=last``) needs a stage checkpoint there, and a fresh
+    training run or an evaluation must not find another run's checkpoints.
+    """
+    out = Path(out)
+    held = [name for name in RESULT_FILES if (out / name).exists()]
+    pictures = out / "pictures"
+    if pictures.is_dir() and any(pictures.iterdir()):
+        held.append("pictures/")
+    checkpoints = checkpoints_in(out)
+    fresh = "omit hydra.run.dir for a fresh folder, or name a new one"
+    if held and resume:
+        return (
+            f"ckpt_path=last: the run in {out} has finished ({', '.join(held)}); nothing to "
+            "resume. Evaluate its checkpoints with maft.eval, or start a new run"
+        )
+    if held:
+        return (
+            f"{out} already holds the results of another run ({', '.join(held)}); nothing was "
+            f"written: {fresh}"
+        )
+    if command == "train" and resume and not checkpoints:
+        where = "does not exist" if not out.exists() else "holds no stage checkpoint"
+        return (
+            f"ckpt_path=last: nothing to resume in {out} (the folder {where}; expected "
+            "checkpoints/<stage>/last.ckpt or final.ckpt). Check hydra.run.dir, or start a "
+            "fresh run without ckpt_path=last"
+        )
+    if checkpoints and not resume:
+        what = "an unfinished run" if command == "train" else "another run"
+        hint = "resume it with ckpt_path=last, or " if command == "train" else ""
+        return f"{out} holds the checkpoints of {what} ({checkpoints[0]}, ...): {hint}{fresh}"
+    return None
+
+
+def _claim_fresh_folder(path: Path) -> Path:
+    """``path``, or ``path_1``, ``path_2``... : the first that did not exist (created now)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        candidate = path if i == 0 else path.with_name(f"{path.name}_{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"no free run folder next to {path}")
+
+
+class RunFolderGuard(HydraCallback):
+    """Hydra callback: checks the run folder before Hydra writes anything into it.
+
+    An unnamed folder (``hydra.run.dir`` from the config, e.g. ``outputs/<task>/<time>``) is
+    always a fresh one (a suffix is added when it exists). A folder named on the command line
+    must suit the run (:func:`run_folder_problem`); otherwise the command stops with exit status
+    2 and the folder is left as it was.
+    """
+
+    def __init__(self, command: str = "train") -> None:
+        self.command = command
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Pick or check the run folder (rank 0 only: DDP ranks reuse rank 0's folder)."""
+        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return
+        hydra_cfg = config.hydra
+        named = any(str(o).split("=", 1)[0] == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+        resume = self.command == "train" and config.get("ckpt_path") == "last"
+        try:
+            run_dir = Path(str(hydra_cfg.run.dir))
+        except OmegaConfBaseException:  # an interpolation only the job can resolve
+            return
+        problem = None
+        if resume and not named:
+            problem = (
+                "ckpt_path=last resumes the run in the folder named by hydra.run.dir: add "
+                "hydra.run.dir=<its folder> (e.g. outputs/<task>/<time>)"
+            )
+        elif not named:
+            fresh = _claim_fresh_folder(run_dir)
+            if fresh != run_dir:
+                with read_write(hydra_cfg.run):
+                    hydra_cfg.run.dir = str(fresh)
+        else:
+            problem = run_folder_problem(run_dir, self.command, resume)
+        if problem:
+            print(f"maft: error: ConfigError: {problem}", file=sys.stderr)
+            sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _main(cfg: DictConfig) -> None:
-    from maft.runner import cli_guard, run_train  # heavy imports only when a job really runs
+def _main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    with cli_guard():
-        run_train(cfg)
+    from maft.runner import cli_guard, interrupt_guard, run_train, update_latest_link
+
+    with cli_guard(), interrupt_guard(cfg.paths.output_dir):
+        summary = run_train(cfg)  # heavy imports only when a job really runs
+    if HydraConfig.get().mode == RunMode.RUN:
+        link = update_latest_link(cfg)
+        if link is not None:
+            print(f"latest: {link} -> {cfg.paths.output_dir}")
+    return float(summary["headline"])
 
 
 def main() -> None:

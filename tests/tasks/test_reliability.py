@@ -1,4 +1,5 @@
-"""Reliability of runs (issue 8): resume after a kill, bit-reproducible seeds, multirun, DDP.
+"""Reliability of runs: resume after a kill (in-process, and kill -9 / Ctrl-C of the CLI),
+bit-reproducible seeds, multirun, DDP.
 
 All tests but the README-facing config check are ``slow`` (end-to-end runs, subprocesses).
 """
@@ -9,8 +10,12 @@ import csv
 import json
 import math
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -115,11 +120,16 @@ def test_every_experiment_prints_its_config() -> None:
 
 # ------------------------------------------------------------------------------ resume
 @pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [2, 1], ids=["epoch_boundary", "mid_epoch"])
 def test_killed_run_resumes_to_the_same_result(
-    tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
 ) -> None:
-    """Kill during MAFT after step k, resume with ckpt_path=last: same weights and metrics."""
-    overrides = [*tiny_overrides, *RESUME]
+    """Kill during MAFT after step k, resume with ckpt_path=last: same weights and metrics.
+
+    4 training images: batches of 2 put the last checkpoint (step 2) at an epoch boundary,
+    batches of 1 in the middle of an epoch.
+    """
+    overrides = [*tiny_overrides, *RESUME, f"data.batch_size={batch_size}"]
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     run_train(compose(overrides, output_dir=run_a))
 
@@ -154,6 +164,121 @@ def test_killed_run_resumes_to_the_same_result(
     assert _changed(maft_dir / "killed.ckpt", final_b), "the resumed run did not train"
     _assert_same_state(final_a, final_b)
     assert _results(run_a) == _results(run_b)
+
+
+# world_quick with a longer stage 1 (20 steps; 7 batches per epoch): checkpoints fall mid-epoch.
+WORLD = [
+    "experiment=world_quick",
+    "logger=none",
+    "pictures=0",
+    "callbacks.val_panels=null",
+    "callbacks.lr_monitor=null",
+    "model.proposal_train.max_steps=20",
+]
+LOG_LINE = re.compile(r"^\[[\d:,\- ]+\]\[([\w.]+)\]\[(\w+)\] - (.*)$")
+
+
+def _log_lines(text: str) -> list[tuple[str, str]]:
+    """(logger, first line) of every record of a Hydra log (multi-line tables left out)."""
+    return [(m[1], m[3]) for m in map(LOG_LINE.match, text.splitlines()) if m and m[3].strip()]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not (path.is_file() and not path.is_symlink()):
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {path}"
+        assert time.monotonic() < end, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_in_a_world_stage_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """SIGKILL in the middle of the world's stage 1, then the documented resume command: it says
+    the step it resumes from, skips nothing it should not, and ends with the uninterrupted run's
+    weights and metrics. Each line of the uninterrupted run's log appears once."""
+    base = [*WORLD, f"paths.cache_dir={tmp_path / 'cache'}"]
+    # every run below must find the world and its CLIP in the cache, as the killed one will
+    _cli(
+        ["maft.train", *base, "stages=[]", "evaluate=[]", f"hydra.run.dir={tmp_path / 'warm'}"],
+        cwd=tmp_path,
+    )
+
+    ref = tmp_path / "ref"
+    proc = _cli(["maft.train", *base, f"hydra.run.dir={ref}"], cwd=tmp_path)
+    lines = _log_lines(proc.stdout)
+    assert len(lines) > 20 and len(lines) == len(set(lines)), "a log line was written twice"
+    assert not any("Tip:" in msg for _, msg in lines)
+    assert "[3/7] proposal generator, 20 steps" in [msg for _, msg in lines]
+    log_file = (ref / "train.log").read_text()
+    assert "\r" not in log_file and "\r" not in proc.stderr  # no carriage-return bars
+    file_lines = _log_lines(log_file)
+    assert file_lines == lines and len(file_lines) == len(set(file_lines))
+
+    killed = tmp_path / "killed"
+    every = [*base, "callbacks.model_checkpoint.every_n_train_steps=5"]
+    with open(tmp_path / "killed.out", "w") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "maft.train", *every, f"hydra.run.dir={killed}"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        last = killed / "checkpoints" / "proposals" / "last.ckpt"
+        try:
+            _wait_for(last, run)
+        finally:
+            run.send_signal(signal.SIGKILL)
+            run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoints" / "proposals" / "final.ckpt").exists()
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step in (5, 10, 15)  # inside an epoch of 7 batches
+
+    resumed = _cli(["maft.train", *every, f"hydra.run.dir={killed}", "ckpt_path=last"], tmp_path)
+    assert f"[3/7] proposal generator: resuming from step {step} of 20" in resumed.stdout
+    for stage in ("proposals", "maft"):
+        final = Path("checkpoints") / stage / "final.ckpt"
+        _assert_same_state(ref / final, killed / final)
+    assert _results(ref) == _results(killed)
+    assert sorted(os.listdir(killed / "checkpoints" / "proposals")) == [
+        "final.ckpt",
+        "final.json",
+        "last.ckpt",
+    ]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path: Path) -> None:
+    """SIGINT during stage 1 of the CLI: exit 130, last.ckpt at a step, the printed command
+    resumes from that step and finishes."""
+    base = ["experiment=smoke", *WORLD[1:], f"paths.cache_dir={tmp_path / 'cache'}"]
+    out = tmp_path / "run"
+    with open(tmp_path / "run.out", "w") as log_out, open(tmp_path / "run.err", "w") as err:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "maft.train", *base, f"hydra.run.dir={out}"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=log_out,
+            stderr=err,
+        )
+        end = time.monotonic() + 300
+        while "proposal generator: step" not in (tmp_path / "run.out").read_text():
+            assert run.poll() is None and time.monotonic() < end, "stage 1 never started"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=120)
+    stderr = (tmp_path / "run.err").read_text()
+    assert run.returncode == 130, stderr[-2000:]
+    last = out / "checkpoints" / "proposals" / "last.ckpt"
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 1 <= step < 20 and not (out / "metrics.json").exists()
+    command = stderr.split("resume with: ", 1)[1].strip().splitlines()[0]
+    args = shlex.split(command)
+    assert args[:3] == ["python", "-m", "maft.train"] and args[-1] == "ckpt_path=last"
+    resumed = _cli(args[2:], cwd=tmp_path)  # _cli runs `python -m <args>`
+    assert f"proposal generator: resuming from step {step} of 20" in resumed.stdout
+    assert (out / "metrics.json").is_file()
 
 
 # ------------------------------------------------------------------------------ seeds

@@ -273,7 +273,7 @@ class SemSegDataset(Dataset):
             total=len(todo),
             desc=f"scan {self.benchmark}/{self.split}",
             unit="file",
-            disable=len(todo) < PROGRESS_MIN_FILES,
+            disable=True if len(todo) < PROGRESS_MIN_FILES else None,  # None: no tty, no bar
             mininterval=0.5,
         )
         errors: list[MaftError] = []
