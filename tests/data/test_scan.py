@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -199,8 +200,13 @@ def test_a_broken_cache_file_is_rescanned(tmp_path, _isolated_cache):
     assert SemSegDataset("voc_20", sb.root, "val").scan() == 2
 
 
-def test_scan_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
+def test_scan_shows_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    """A live bar on a terminal; none when stderr is a file (no carriage returns in logs)."""
     sb = write_benchmark(tmp_path, "voc_20", n_images=2, splits=("val",))
     monkeypatch.setattr(dataset_mod, "PROGRESS_MIN_FILES", 1)
     SemSegDataset("voc_20", sb.root, "val").scan()
+    assert "scan voc_20/val" not in capsys.readouterr().err  # captured: not a terminal
+    sb2 = write_benchmark(tmp_path / "b", "voc_20", n_images=2, splits=("val",))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    SemSegDataset("voc_20", sb2.root, "val").scan()
     assert "scan voc_20/val" in capsys.readouterr().err
