@@ -20,8 +20,11 @@ test: $(STAMP)  ## run the default test suite (no slow/gpu/real-weights/real-dat
 test-slow: $(STAMP)  ## run the slow tests (multirun, DDP, wheel install, resume)
 	$(PY) -m pytest -q -m slow --durations=15
 
-test-gpu: $(STAMP)  ## run the GPU / real-weights / real-data tests (lent GPU machine)
-	$(PY) -m pytest -q -m "gpu or real_weights or real_data" --durations=15
+test-gpu: $(STAMP)  ## run the GPU / real-weights / real-data tests (lent GPU machine); fails if none ran
+	@log=$$(mktemp); \
+	$(PY) -m pytest -q -rs -m "gpu or real_weights or real_data" --durations=15 >$$log 2>&1; rc=$$?; \
+	cat $$log; [ $$rc -eq 0 ] || exit $$rc; \
+	grep -qE "[0-9]+ passed" $$log || { echo "test-gpu: no GPU / real-weights / real-data test ran (all skipped)" >&2; exit 1; }
 
 lint: $(STAMP)  ## ruff check + format check
 	$(PY) -m ruff check src tests scripts && $(PY) -m ruff format --check src tests scripts
