@@ -18,7 +18,7 @@ import torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; defaults are the tiny-scale recipe of issue 9."""
+    """Command-line options; defaults are the tiny-scale recipe of the world."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="checkpoint path (.pt); a .json goes beside it")
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""Each bad input raises its named error, naming the path and the fix (issue 4)."""
+"""Each bad input raises its named error, naming the path and the fix."""
 
 from __future__ import annotations
 

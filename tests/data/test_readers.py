@@ -1,4 +1,4 @@
-"""Every benchmark reads from its synthetic layout with exact label values (issue 4)."""
+"""Every benchmark reads from its synthetic layout with exact label values."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The built-in world's quick variant end to end (issue 9), then the README's predict command on its
-checkpoint with a world image and with a user JPEG and a free-form vocabulary (issue 10)."""
+"""The built-in world's quick variant end to end, then the README's predict command on its
+checkpoint with a world image and with a user JPEG and a free-form vocabulary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tiny datasets in each benchmark's exact on-disk layout and encoding (style §3.4, issue 4).
+"""Tiny datasets in each benchmark's exact on-disk layout and encoding.
 
 :func:`write_benchmark` paints labels from known rectangles and returns them with the label each
 file must decode to, so tests assert exact values through the production readers. The

@@ -1,4 +1,4 @@
-"""The built-in world: a procedural texture benchmark and its tiny CLIP (issue 9).
+"""The built-in world: a procedural texture benchmark and its tiny CLIP.
 
 - :mod:`maft.world.textures`: one procedural texture painter per class.
 - :mod:`maft.world.scenes`: region layouts, label maps and captions (:func:`generate_scene`).

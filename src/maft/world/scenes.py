@@ -1,4 +1,4 @@
-"""Scene layout of the built-in world: 1-4 textured regions, label map and caption (issue 9).
+"""Scene layout of the built-in world: 1-4 textured regions, label map and caption.
 
 A scene is a ``[S, S]`` region map (domain-warped Voronoi cells, wavy tilted bands, or blobs over a
 background), each region painted with a distinct class texture from ``maft.world.textures``.

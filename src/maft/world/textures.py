@@ -1,4 +1,4 @@
-"""Per-class procedural texture painters of the built-in world (issue 9).
+"""Per-class procedural texture painters of the built-in world.
 
 Each painter fills a whole ``[S, S, 3]`` float32 canvas in [0, 1] with one class's texture; the
 scene composer (``maft.world.scenes``) cuts regions out of these canvases. Classes differ by colour

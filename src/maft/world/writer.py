@@ -1,4 +1,4 @@
-"""Write the built-in world to disk in the custom-folder dataset format (issue 9).
+"""Write the built-in world to disk in the custom-folder dataset format.
 
 Layout under ``root``::
 
