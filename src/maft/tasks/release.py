@@ -137,11 +137,23 @@ def proposal_task_from_release(
     clip_file: str | Path,
 ) -> Any:
     """The stage-1 ProposalTask of a release (its generator; text embeddings from ``clip_file``)."""
-    from maft.tasks.proposal_task import ProposalTask
-
     sd = read_release_file(path)
     settings = release_settings(sd, config)
     mapping = map_release_state_dict(sd, settings.kind, str(path))
+    prefix = "generator."
+    gen_sd = {k[len(prefix) :]: v for k, v in mapping.state_dict.items() if k.startswith(prefix)}
+    return _proposal_task(settings, gen_sd, clip_file, str(path))
+
+
+def _proposal_task(
+    settings: ReleaseSettings,
+    gen_sd: Mapping[str, torch.Tensor],
+    clip_file: str | Path,
+    source: str,
+) -> Any:
+    """A ProposalTask of the release's settings carrying the generator weights ``gen_sd``."""
+    from maft.tasks.proposal_task import ProposalTask
+
     vocab = release_vocabulary(settings.num_train_classes)
     clip = {"name": settings.clip_name, "pretrained": str(clip_file), "arch": settings.clip_arch}
     task = ProposalTask(
@@ -151,12 +163,7 @@ def proposal_task_from_release(
         clip=clip,
         generator=dict(settings.generator),
     )
-    gen_sd = {
-        k[len("generator.") :]: v
-        for k, v in mapping.state_dict.items()
-        if k.startswith("generator.")
-    }
-    check_task_keys(task.generator.state_dict(), gen_sd, str(path))
+    check_task_keys(task.generator.state_dict(), gen_sd, source)
     task.generator.load_state_dict(gen_sd, strict=True)
     return task
 
@@ -203,7 +210,8 @@ def convert_release(
             clip_sd["visual." + k] = v.clone()
     torch.save(clip_sd, files["clip"])
     _save(task, files["maft"])
-    proposals = proposal_task_from_release(path, config, clip_file=files["clip"])
+    # the generator of the task just loaded: the release file is read once
+    proposals = _proposal_task(settings, task.generator.state_dict(), files["clip"], str(path))
     _save(proposals, files["proposals"])
     report = {
         "source": str(path),
