@@ -5,8 +5,10 @@ Importable from every test folder (``tests/`` is on ``sys.path`` through ``tests
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 TRAIN_NAMES = ["sky", "grass", "tree", "road"]
@@ -67,3 +69,23 @@ def tiny_maft_task() -> torch.nn.Module:
         for _, p in task.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     return task.eval()
+
+
+def bilinear_ref(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Half-pixel bilinear resize (align_corners False), edges clamped, as a plain float64 loop."""
+    h, w = x.shape
+    out = np.zeros((out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            y = min(max((i + 0.5) * h / out_h - 0.5, 0.0), h - 1)
+            xx = min(max((j + 0.5) * w / out_w - 0.5, 0.0), w - 1)
+            y0, x0 = int(math.floor(y)), int(math.floor(xx))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            dy, dx = y - y0, xx - x0
+            out[i, j] = (
+                x[y0, x0] * (1 - dy) * (1 - dx)
+                + x[y0, x1] * (1 - dy) * dx
+                + x[y1, x0] * dy * (1 - dx)
+                + x[y1, x1] * dy * dx
+            )
+    return out

@@ -54,25 +54,18 @@ def test_wheel_holds_every_config_and_metadata(wheel: Path) -> None:
     assert not missing_pkgs, f"packages missing from pyproject's list: {missing_pkgs}"
 
 
+def _install(wheel: Path, target: Path) -> Path:
+    """A plain (non-editable) ``pip install --target`` of the wheel; returns ``target``."""
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+    subprocess.run([*cmd, str(wheel)], check=True)
+    return target
+
+
 @pytest.mark.slow
 def test_installed_wheel_runs_cfg_job(wheel: Path, tmp_path: Path) -> None:
     # A plain (non-editable) install of the wheel into its own folder, run from another directory
     # with the current interpreter (its dependencies); the folder shadows the editable checkout.
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-    )
+    target = _install(wheel, tmp_path / "site")
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(target)}
     run = subprocess.run(
@@ -131,21 +124,7 @@ def test_wheel_metadata_declares_what_the_code_imports(wheel: Path) -> None:
 @pytest.mark.slow
 def test_installed_console_scripts_answer_help(wheel: Path, tmp_path: Path) -> None:
     """Each console script of the installed wheel runs ``--help`` (pip's own entry-point files)."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-    )
+    target = _install(wheel, tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(target)}  # the wheel shadows the editable checkout
     for name in _console_scripts():
         if name == "maft-app":

@@ -27,6 +27,7 @@ from maft.losses.set_criterion import (
     targets_from_label,
 )
 from maft.tasks.proposal_task import CRITERION_DEFAULTS, ProposalTask
+from maft_testing import bilinear_ref
 
 # FreeSeg's values: matcher costs 1 / 20 / 5, loss weights 1 / 20 / 5, no-object 0.1.
 FREESEG = {"cost_class": 1.0, "cost_mask": 20.0, "cost_dice": 5.0}
@@ -53,26 +54,6 @@ def _nearest_np(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     rows = [(i * big_h) // h for i in range(h)]
     cols = [(j * big_w) // w for j in range(w)]
     return mask[np.ix_(rows, cols)]
-
-
-def _bilinear_np(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Half-pixel bilinear resize with edge clamping (align_corners False) as a plain loop."""
-    h, w = x.shape
-    out = np.zeros((out_h, out_w))
-    for i in range(out_h):
-        for j in range(out_w):
-            y = min(max((i + 0.5) * h / out_h - 0.5, 0.0), h - 1)
-            xx = min(max((j + 0.5) * w / out_w - 0.5, 0.0), w - 1)
-            y0, x0 = int(math.floor(y)), int(math.floor(xx))
-            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-            dy, dx = y - y0, xx - x0
-            out[i, j] = (
-                x[y0, x0] * (1 - dy) * (1 - dx)
-                + x[y0, x1] * (1 - dy) * dx
-                + x[y1, x0] * dy * (1 - dx)
-                + x[y1, x1] * dy * dx
-            )
-    return out
 
 
 def _maskformer_cost(class_logits, mask_logits, labels, masks, wc=1.0, wm=20.0, wd=5.0):
@@ -196,7 +177,7 @@ def _maskformer_reference(class_logits, mask_logits, targets, eos=0.1):
         target_class = [num_classes] * class_logits.shape[1]
         for j, q in enumerate(perm):
             target_class[q] = int(t["labels"][j])
-            up = _bilinear_np(mask_logits[b, q].double().numpy(), big_h, big_w).ravel()
+            up = bilinear_ref(mask_logits[b, q].double().numpy(), big_h, big_w).ravel()
             tgt = t["masks"][j].double().numpy().ravel()
             focal += _focal_np(up, tgt).mean()
             dice += _dice_np(up, tgt)

@@ -14,6 +14,7 @@ from maft.errors import LabelValueError
 from maft.losses.matcher import HungarianMatcher
 from maft.losses.point_sampling import pixel_center_coords, point_sample, uncertain_point_coords
 from maft.losses.set_criterion import SetCriterion, dice_loss, sigmoid_ce_loss, targets_from_label
+from maft_testing import bilinear_ref
 
 
 def test_point_sample_at_pixel_centres_is_exact() -> None:
@@ -23,33 +24,11 @@ def test_point_sample_at_pixel_centres_is_exact() -> None:
     torch.testing.assert_close(out, x.flatten(2), atol=1e-6, rtol=0)
 
 
-def _bilinear_upsample_ref(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Half-pixel bilinear upsampling with edge clamping, written as a plain loop."""
-    h, w = x.shape
-    out = np.zeros((out_h, out_w))
-    for i in range(out_h):
-        for j in range(out_w):
-            y = min(max((i + 0.5) * h / out_h - 0.5, 0.0), h - 1)
-            xx = min(max((j + 0.5) * w / out_w - 0.5, 0.0), w - 1)
-            y0, x0 = int(math.floor(y)), int(math.floor(xx))
-            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-            dy, dx = y - y0, xx - x0
-            out[i, j] = (
-                x[y0, x0] * (1 - dy) * (1 - dx)
-                + x[y0, x1] * (1 - dy) * dx
-                + x[y1, x0] * dy * (1 - dx)
-                + x[y1, x1] * dy * dx
-            )
-    return out
-
-
 def test_point_sample_equals_bilinear_upsampling_reference() -> None:
     x = torch.randn(1, 1, 4, 3, dtype=torch.float64)
     coords = pixel_center_coords(8, 6)[None].double()
     out = point_sample(x, coords)[0, 0].view(8, 6).numpy()
-    np.testing.assert_allclose(
-        out, _bilinear_upsample_ref(x[0, 0].numpy(), 8, 6), atol=1e-6
-    )  # f32 coords
+    np.testing.assert_allclose(out, bilinear_ref(x[0, 0].numpy(), 8, 6), atol=1e-6)  # f32 coords
 
 
 def test_uncertain_points_pick_the_most_uncertain_candidates() -> None:
