@@ -136,6 +136,41 @@ class MaftTask(L.LightningModule):
         self.eval_names: list[str] = [self.vocab.benchmark or "val"]
         self.results: dict[str, dict[str, float]] = {}
 
+    # ------------------------------------------------------------------ inference settings
+    #: Settings a loaded task may change for inference (and where each lives in the hparams).
+    INFERENCE_SETTINGS = (
+        "lambda_",
+        "form",
+        "classifier",
+        "merge",
+        "merge_variant",
+        "drop_invalid",
+        "mask_align_corners",
+    )
+
+    def configure_inference(self, **settings: Any) -> MaftTask:
+        """Change inference settings (λ, form, classifier, merge op, ...) of this task.
+
+        The hparams are updated with them, so reports and checkpoints state what ran; ``None``
+        values keep the current setting. Unknown names raise ``ConfigError``.
+        """
+        unknown = sorted(set(settings) - set(self.INFERENCE_SETTINGS))
+        if unknown:
+            raise ConfigError(
+                f"unknown inference settings {unknown}; valid: {list(self.INFERENCE_SETTINGS)}"
+            )
+        settings = {k: v for k, v in settings.items() if v is not None}
+        ens = dict(self.hparams.get("ensemble") or {})
+        for key, value in settings.items():
+            if key in ("lambda_", "form"):
+                ens[key] = value
+            else:
+                self.hparams[key] = value
+        self.hparams["ensemble"] = {"lambda_": self.lambda_, "form": self.form, **ens}
+        self.lambda_ = float(self.hparams["ensemble"]["lambda_"])
+        self.form = str(self.hparams["ensemble"]["form"])
+        return self
+
     # ------------------------------------------------------------------ construction helpers
     def _set_trainable(self, which: str) -> None:
         """Freeze everything, then unfreeze the visual parameters of §c.4."""
