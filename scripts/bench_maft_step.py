@@ -1,4 +1,4 @@
-"""One MAFT training step and one inference pass: seconds and peak memory (spec §d.2).
+"""One MAFT training step and one inference pass: seconds and peak memory (docs/method.md §5).
 
 Presets: ``real`` = ViT-B/16 (random weights) at 480 px, ResNet-101 generator (random weights),
 N = 100 proposals, 640² crops, batch 2 — the per-GPU load of the official run (8 GPUs × 2 images:

@@ -1,4 +1,6 @@
-"""Time forward/backward and peak memory of the proposal generator at ViT-B scale (§a.1, §d.1).
+"""Time forward/backward and peak memory of the proposal generator at ViT-B scale.
+
+The generator and its loss: docs/method.md §2.1, §6.1.
 
 Default: ResNet-101, hidden 256, 100 queries, 9 decoder layers, 6 encoder layers, batch 2, 640²,
 with the full set criterion (12 544 points, deep supervision) in the backward pass.

@@ -40,7 +40,7 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    """Outputs of the official IP-CLIP forward (shared/reference/golden/README.md).
+    """Outputs of the official IP-CLIP forward (``ipclip_224.pt`` of the golden folder).
 
     The 4 MB file is not copied into git; CI has ``shared/`` beside the clone. Where it is absent,
     a CI run fails (the parity test must run there) and a local run skips.

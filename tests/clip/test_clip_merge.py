@@ -1,4 +1,4 @@
-"""Merge baselines (§a.2) against direct per-proposal multiply-and-crop loops."""
+"""Merge baselines (docs/method.md §2.3) against direct per-proposal multiply-and-crop loops."""
 
 from __future__ import annotations
 

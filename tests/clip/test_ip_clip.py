@@ -118,7 +118,7 @@ def _attend(block, x: torch.Tensor, keys_of: list[list[int]]) -> torch.Tensor:
 
 
 def _reference(visual: VisionTransformer, image: torch.Tensor, masks: torch.Tensor, start: int):
-    """Spec §b.5 for one image, float64, written without the encoder's code."""
+    """IP-CLIP of docs/method.md §3 for one image, float64, written without the encoder's code."""
     v = copy.deepcopy(visual).double()
     p = v.patch_size[0]
     gh, gw = image.shape[-2] // p, image.shape[-1] // p

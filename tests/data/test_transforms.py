@@ -1,4 +1,4 @@
-"""Augmentations of spec §d.2/§d.3: sizes, pad values, nearest labels, ColorAugSSD ops."""
+"""Augmentations (docs/method.md §6.2, §4.4): sizes, pad values, nearest labels, ColorAugSSD ops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""λ-ensemble (spec §a.4) against a float64 elementwise formula in both forms."""
+"""λ-ensemble (docs/method.md §4.2) against a float64 elementwise formula in both forms."""
 
 from __future__ import annotations
 

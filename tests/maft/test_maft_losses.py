@@ -1,4 +1,4 @@
-"""L_ma, L_dis and MAFT loss (spec §c.1-§c.3) against slow per-class, per-proposal loops."""
+"""L_ma, L_dis and MAFT loss (docs/method.md §5.2-§5.4) vs slow per-class, per-proposal loops."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Semantic inference O = Âᵀ·sigmoid(masks), crop, resize (spec §a.5) vs loops and a hand case."""
+"""Semantic inference O = Âᵀ·sigmoid(masks), crop, resize vs loops and a hand case.
+
+What is computed: docs/method.md §4.3, §4.4.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 def reference_metrics(
     preds: np.ndarray, target: np.ndarray, num_classes: int, ignore: int, seen, rule: str
 ) -> dict:
-    """Count TP/GT/Pred with a Python loop over pixels, then reduce in float64 (spec §e)."""
+    """Count TP/GT/Pred with a Python loop over pixels, reduce in float64 (docs/method.md §7)."""
     tp = np.zeros(num_classes, np.float64)
     gt = np.zeros(num_classes, np.float64)
     pr = np.zeros(num_classes, np.float64)

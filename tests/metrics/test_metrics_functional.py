@@ -1,4 +1,4 @@
-"""Confusion-matrix reduction (spec §e) against a pixel loop and hand counts."""
+"""Confusion-matrix reduction (docs/method.md §7) against a pixel loop and hand counts."""
 
 from __future__ import annotations
 

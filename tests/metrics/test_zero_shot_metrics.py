@@ -1,4 +1,4 @@
-"""ZeroShotSegMetrics: dataset-level accumulation, contract keys, and DDP summation (spec §e)."""
+"""ZeroShotSegMetrics (docs/method.md §7): dataset-level accumulation, keys, DDP summation."""
 
 from __future__ import annotations
 

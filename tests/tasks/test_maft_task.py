@@ -1,4 +1,4 @@
-"""MaftTask: what trains and what stays frozen (§c.4), losses, checkpoint round trip, errors."""
+"""MaftTask: what trains (docs/method.md §5.5), losses, checkpoint round trip, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Data layer: benchmark layouts, readers, datasets, transforms, DataModules (spec §d, §e).
+"""Data layer: benchmark layouts, readers, datasets, transforms, DataModules.
+
+Layouts: docs/datasets.md; training data and evaluation protocol: docs/method.md §6, §7.
 
 Exports resolve lazily so ``import maft.data.vocabulary`` (or a prepare script) does not import
 lightning.

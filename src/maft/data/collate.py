@@ -1,6 +1,6 @@
-"""Batch collation: pad to a multiple of 32, keep valid and original sizes (spec §a.5, §d.3).
+"""Batch collation: pad to a multiple of 32, keep valid and original sizes (docs/method.md §4.4).
 
-Images pad bottom/right with ``image_pad_value`` (default 128, the training pad value of spec §d.2;
+Images pad bottom/right with ``image_pad_value`` (default 128, the training pad value of §6.2;
 models should rely on ``valid_size`` rather than the pad colour), labels with the ignore value.
 ``valid_size`` is each image's ``(h, w)`` before padding; ``orig_size`` its size on disk, so
 predictions are cropped to ``valid_size`` and resized to ``orig_size`` as detectron2 does.

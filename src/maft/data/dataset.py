@@ -1,4 +1,4 @@
-"""Semantic-segmentation dataset over a benchmark layout (spec §d.1/§e zero-shot protocol).
+"""Semantic-segmentation dataset over a benchmark layout (zero-shot: docs/method.md §6.3, §7.5).
 
 Labels always use the full benchmark index space (``0..C-1``, ignore = ``vocabulary.ignore_index``)
 so one checkpoint's class embeddings line up with every test-time vocabulary. In zero-shot
@@ -322,7 +322,7 @@ class SemSegDataset(Dataset):
         return len(pairs)
 
     def _drop_unlabelled(self) -> None:
-        """Drop images whose label has no non-ignore pixel (spec §e), from the scan entries."""
+        """Drop images whose label has no non-ignore pixel (docs/method.md §6.3), from the scan."""
         entries = self._scan_entries(self.pairs)
         problems = [
             e for e in self._problems(self.pairs, entries) if isinstance(e, LabelValueError)

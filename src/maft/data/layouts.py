@@ -1,4 +1,4 @@
-"""On-disk layouts of every benchmark (spec §e, ``benchmarks.json`` ``on_disk`` fields).
+"""On-disk layouts of every benchmark (docs/datasets.md, ``benchmarks.json`` ``on_disk`` fields).
 
 One :class:`BenchmarkLayout` per (benchmark, layout name). ``root`` is always the benchmark's own
 folder under ``MAFT_DATA_ROOT`` (see :data:`SUBFOLDERS`); every path below is relative to it.

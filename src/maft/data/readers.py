@@ -1,4 +1,4 @@
-"""File readers and pairing for the benchmark layouts (spec §e; ``benchmarks.json`` ``on_disk``).
+"""File readers and pairing for the benchmark layouts (docs/datasets.md, ``benchmarks.json``).
 
 Images decode to uint8 RGB ``[H, W, 3]``; labels decode to int64 ``[H, W]`` straight away, so
 uint16 TIFF labels (ignore 65535) never meet an unsigned comparison. EXIF orientation is not

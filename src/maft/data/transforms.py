@@ -1,4 +1,4 @@
-"""Train / test augmentations of spec §d.2 and §d.3, built with albumentations.
+"""Train / test augmentations of docs/method.md §6.2 and §4.4, built with albumentations.
 
 Train: ResizeShortestEdge (short side drawn from ``short_sides``, long side <= ``max_long_side``),
 the ColorAugSSD photometric jitter of detectron2's PointRend, horizontal flip, random crop of
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-#: detectron2 / MAFT training scales: 320, 384, ..., 960 (spec §d.2).
+#: detectron2 / MAFT training scales: 320, 384, ..., 960 (§6.2).
 DEFAULT_SHORT_SIDES = tuple(range(320, 961, 64))
 
 
@@ -158,7 +158,7 @@ def build_train_transform(
     ignore_index: int = 255,
     seed: int | None = None,
 ) -> A.Compose:
-    """Training augmentation of spec §d.2; output is exactly ``crop_size``."""
+    """Training augmentation of §6.2; output is exactly ``crop_size``."""
     ch, cw = _pair(crop_size)
     # Pixel-wise jitter and flip commute with cropping, so they run first; the crop then pads
     # bottom/right up to the crop size (image 128, label ignore), as detectron2's crop + pad.
@@ -184,9 +184,9 @@ def build_train_transform(
 def build_test_transform(
     short_side: int = 640, max_long_side: int = 2560, resize_label: bool = False
 ) -> A.Compose:
-    """Test-time resize of spec §d.3 (short side 640, long side <= 2560); no padding.
+    """Test-time resize of §4.4 (short side 640, long side <= 2560); no padding.
 
     The label keeps its original size by default: predictions are resized back to the original
-    image (§a.5) and scored against the label as stored on disk, as detectron2's evaluator does.
+    image (§4.4) and scored against the label as stored on disk, as detectron2's evaluator does.
     """
     return A.Compose([ResizeShortestEdge([short_side], max_long_side, resize_mask=resize_label)])

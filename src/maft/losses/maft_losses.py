@@ -1,4 +1,6 @@
-"""MAFT stage-2 losses: mask-aware L_ma, self-distillation L_dis and their sum (spec §c.1-§c.3).
+"""MAFT stage-2 losses: mask-aware L_ma, self-distillation L_dis and their sum.
+
+The equations are in docs/method.md §5.2-§5.4.
 
 ``L_ma`` regresses CLIP's class probability of each GT class, per proposal, onto the min-max
 normalised soft IoU between that proposal and the class's GT mask. ``L_dis`` keeps the
@@ -15,8 +17,8 @@ from maft.errors import LabelValueError
 
 IOU_EPS = 1e-7  # MAFT.get_iou
 NORM_EPS = 1e-8  # MAFT.mynorm
-DIS_WEIGHT_CODE = 0.1  # cfg.MODEL.dis_weight in the official code and the released run (§c.3)
-DIS_WEIGHT_PAPER = 1.0  # the paper's λ for L_dis [paper-2nd]
+DIS_WEIGHT_CODE = 0.1  # cfg.MODEL.dis_weight in the official code and the released run (§5.4)
+DIS_WEIGHT_PAPER = 1.0  # the paper's λ for L_dis (§8)
 
 
 def _gt_columns(
@@ -68,7 +70,7 @@ def _gt_masks(cols: torch.Tensor, num_columns: int, dtype: torch.dtype) -> tuple
 
 
 def soft_iou_targets(gt_masks: torch.Tensor, proposal_masks: torch.Tensor) -> torch.Tensor:
-    """Soft IoU ``Σ G·M / (Σ G + Σ M − Σ G·M + 1e-7)`` between GT and proposal masks (§c.1.4).
+    """Soft IoU ``Σ G·M / (Σ G + Σ M − Σ G·M + 1e-7)`` between GT and proposal masks (§5.2).
 
     Args:
         gt_masks: ``[B, K, P]`` binary GT masks, flattened.
@@ -84,7 +86,7 @@ def soft_iou_targets(gt_masks: torch.Tensor, proposal_masks: torch.Tensor) -> to
 
 
 def minmax_normalise(scores: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise along the last (proposal) axis with eps 1e-8 (``MAFT.mynorm``, §c.1.5)."""
+    """Min-max normalise along the last (proposal) axis with eps 1e-8 (``MAFT.mynorm``, §5.2)."""
     lo = scores.min(dim=-1, keepdim=True).values
     hi = scores.max(dim=-1, keepdim=True).values
     return (scores - lo) / (hi - lo + NORM_EPS)
@@ -97,7 +99,7 @@ def mask_aware_loss(
     ignore_index: int,
     class_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mask-aware loss L_ma: SmoothL1 between A^c of each GT class and normalised IoU (§c.1).
+    """Mask-aware loss L_ma: SmoothL1 between A^c of each GT class and normalised IoU (§5.2).
 
     Args:
         clip_probs: ``[B, N, C]`` IP-CLIP class probabilities A^c (differentiable).
@@ -132,7 +134,7 @@ def mask_aware_loss(
 def self_distillation_loss(
     student_probs: torch.Tensor, teacher_probs: torch.Tensor
 ) -> torch.Tensor:
-    """Self-distillation L_dis: SmoothL1 (β = 1, mean) from un-masked IP-CLIP to frozen CLIP (§c.2).
+    """Self-distillation L_dis: SmoothL1 (β = 1, mean) from un-masked IP-CLIP to frozen CLIP (§5.3).
 
     Args:
         student_probs: ``[B, C]`` class probabilities of IP-CLIP without masks (CLS token).
@@ -156,7 +158,7 @@ def maft_loss(
     dis_weight: float = DIS_WEIGHT_CODE,
     class_map: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Total MAFT loss ``L_ma + w_dis · L_dis`` (§c.3); ``w_dis`` 0.1 (code) or 1.0 (paper).
+    """Total MAFT loss ``L_ma + w_dis · L_dis`` (§5.4); ``w_dis`` 0.1 (code) or 1.0 (paper).
 
     Without student/teacher probabilities (or with ``dis_weight == 0``) ``L_dis`` is a zero.
 

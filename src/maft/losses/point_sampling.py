@@ -1,4 +1,4 @@
-"""Point sampling for the Mask2Former losses (§d.1): importance-sampled points, no compiled ops.
+"""Point sampling for the Mask2Former losses (docs/method.md §6.1), no compiled ops.
 
 Coordinates are normalised to [0, 1] with (x, y) order, the pixel-centre convention of
 `F.grid_sample(align_corners=False)`: pixel (i, j) of an H×W map sits at ((j + 0.5)/W, (i + 0.5)/H).

@@ -1,4 +1,4 @@
-"""Dataset-level zero-shot segmentation metrics (spec §e): confusion matrix → mIoU, hIoU, pAcc."""
+"""Dataset-level zero-shot segmentation metrics (docs/method.md §7): mIoU, hIoU, pAcc."""
 
 from maft.metrics.functional import (
     RULES,

@@ -1,4 +1,4 @@
-"""Dataset-level semantic-segmentation metrics from a confusion matrix (spec §e).
+"""Dataset-level semantic-segmentation metrics from a confusion matrix (docs/method.md §7).
 
 Pure functions: label checking, confusion-matrix accumulation and the detectron2 / zsseg reduction
 (mIoU, pAcc, mAcc, fwIoU, seen/unseen mIoU and hIoU). The confusion matrix is indexed
@@ -109,7 +109,7 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def harmonic_iou(miou_seen: float, miou_unseen: float) -> float:
-    """hIoU = 2·S·U / (S + U) (spec §e); 0 when S + U = 0, NaN if either side is NaN."""
+    """hIoU = 2·S·U / (S + U) (§7.3); 0 when S + U = 0, NaN if either side is NaN."""
     if math.isnan(miou_seen) or math.isnan(miou_unseen):
         return math.nan
     total = miou_seen + miou_unseen
@@ -137,7 +137,7 @@ def per_class_iou(confmat: torch.Tensor, rule: str = "gt_or_pred") -> torch.Tens
 def reduce_confusion_matrix(
     confmat: torch.Tensor, seen: torch.Tensor | None = None, rule: str = "gt_or_pred"
 ) -> dict[str, float | str | list[float]]:
-    """Reduce a ``[C, C]`` confusion matrix to the benchmark numbers, in percent (spec §e).
+    """Reduce a ``[C, C]`` confusion matrix to the benchmark numbers, in percent (§7).
 
     Args:
         confmat: ``[C, C]`` counts, ``confmat[gt, pred]``, ignore pixels excluded.

@@ -1,4 +1,4 @@
-"""Generalized zero-shot segmentation metrics as a torchmetrics ``Metric`` (spec §e).
+"""Generalized zero-shot segmentation metrics as a torchmetrics ``Metric`` (docs/method.md §7).
 
 The state is one dataset-level ``[C, C]`` int64 confusion matrix summed across processes, never
 a per-image average (``torchmetrics.segmentation.MeanIoU`` averages per image, which is not the
@@ -16,7 +16,7 @@ from maft.metrics.functional import check_rule, confusion_matrix, reduce_confusi
 
 
 class ZeroShotSegMetrics(Metric):
-    """mIoU / pAcc / mAcc / fwIoU and, with a split, mIoU(seen), mIoU(unseen) and hIoU (§e).
+    """mIoU / pAcc / mAcc / fwIoU and, with a split, mIoU(seen), mIoU(unseen) and hIoU (§7).
 
     Args:
         num_classes: ``C``, the size of the evaluation vocabulary (seen ∪ unseen).

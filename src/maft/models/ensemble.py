@@ -1,4 +1,4 @@
-"""λ-ensemble of proposal scores A^p and CLIP scores A^c (spec §a.4, supplementary Eq. 1).
+"""λ-ensemble of proposal scores A^p and CLIP scores A^c (docs/method.md §4.2).
 
 ``form="code"`` (zsseg / FreeSeg / MAFT ``semantic_inference``)::
 
@@ -63,7 +63,7 @@ def ensemble_scores(
     form: str = "code",
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Combine proposal and CLIP class probabilities per proposal (§a.4).
+    """Combine proposal and CLIP class probabilities per proposal (§4.2).
 
     Args:
         A_p: ``[B, N, C]`` proposal-head probabilities (void column dropped); may be None if λ = 0.

@@ -1,4 +1,4 @@
-"""Semantic inference from per-proposal scores and soft masks (spec §a.5).
+"""Semantic inference from per-proposal scores and soft masks (docs/method.md §4.3, §4.4).
 
 ``O[c, x, y] = Σ_q Â[q, c] · sigmoid(mask_logit_q)[x, y]``: soft masks, no softmax across
 proposals, no renormalisation, no void channel. Mask logits are upsampled bilinearly with
@@ -35,7 +35,7 @@ def zero_outside(images: torch.Tensor, valid_size: torch.Tensor | None) -> torch
 
 
 def valid_proposals(mask_logits: torch.Tensor, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """Flag proposals whose binary mask ``sigmoid(logit) > threshold`` is non-empty (§a.4).
+    """Flag proposals whose binary mask ``sigmoid(logit) > threshold`` is non-empty (§4.1).
 
     Args:
         mask_logits: ``[B, N, h, w]`` mask logits (at whatever resolution the caller decides;
@@ -54,7 +54,7 @@ def semantic_scores(
     valid: torch.Tensor | None = None,
     align_corners: bool = True,
 ) -> torch.Tensor:
-    """Per-class score maps ``O = Âᵀ · sigmoid(upsample(mask_logits))`` (§a.5).
+    """Per-class score maps ``O = Âᵀ · sigmoid(upsample(mask_logits))`` (§4.3).
 
     Args:
         A: ``[B, N, C]`` ensembled class scores Â.
@@ -84,7 +84,7 @@ def semantic_scores(
 def postprocess_to_original(
     scores: torch.Tensor, valid_size: tuple[int, int], orig_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Crop the padded canvas to the resized image, resize to the original size (§a.5).
+    """Crop the padded canvas to the resized image, resize to the original size (§4.4).
 
     detectron2 ``sem_seg_postprocess``: ``scores[:, :h, :w]`` then bilinear,
     ``align_corners=False``.

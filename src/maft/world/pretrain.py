@@ -1,6 +1,6 @@
 """Contrastive pretraining of the ``maft-world`` CLIP on the built-in world, and its zero-shot test.
 
-Recipe (shared/reference/world-studies/1 and 2): symmetric CLIP InfoNCE with multi-positive targets
+Recipe: symmetric CLIP InfoNCE with multi-positive targets
 (two pairs with the same class set are both positives), AdamW (betas 0.9/0.98, weight decay on
 matrices), linear warm-up then cosine decay over a wall-clock budget or a step count, bf16 autocast,
 horizontal flips. The training pool holds whole scenes, zoom crops re-captioned from their label

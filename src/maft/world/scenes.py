@@ -220,10 +220,10 @@ def zoom_crop(
 
 
 def masked_crop(image: np.ndarray, mask: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Mask&crop in uint8, as the frozen-CLIP baseline does it (``merge_subimages``, spec §a.2).
+    """Mask&crop in uint8, as the frozen-CLIP baseline does it (``merge_subimages``).
 
     Outside ``mask`` becomes ``fill`` (the normalisation mean), then the tight box around the mask
-    is resized (stretched) to ``[S, S, 3]``.
+    is resized (stretched) to ``[S, S, 3]``. The baseline: docs/method.md §2.3.
     """
     size = image.shape[0]
     ys, xs = np.nonzero(mask)

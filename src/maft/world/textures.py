@@ -3,7 +3,7 @@
 Each painter fills a whole ``[S, S, 3]`` float32 canvas in [0, 1] with one class's texture; the
 scene composer (``maft.world.scenes``) cuts regions out of these canvases. Classes differ by colour
 statistics and texture (stripes, cells, grains, veins), which a tiny CLIP learns from captions in
-minutes (shared/reference/world-studies/2). Within a class, hue, value, scale and orientation are
+minutes. Within a class, hue, value, scale and orientation are
 randomised. Lengths are in units of ``S / 64`` so the look is the same at every image size.
 """
 

@@ -1,10 +1,11 @@
-"""IP-CLIP: one ViT pass classifying all proposals with mask-restricted class tokens (spec §b).
+"""IP-CLIP: one ViT pass classifying all proposals with mask-restricted class tokens.
 
 The encoder wraps an open_clip ``VisionTransformer`` (no copy of its weights). Blocks before
 ``start_layer`` run unchanged on ``[CLS; patches]``. At ``start_layer`` the CLS state is copied so
 the sequence becomes ``[cls_0 … cls_{N-1}; patches]`` (the original CLS is proposal ``N-1``), and
 every later block runs one batched attention with an additive mask: proposal ``i`` sees itself and
-the patches where its mask, resized to the patch grid, is ≥ 0.5; patches see only patches (§b.3).
+the patches where its mask, resized to the patch grid, is ≥ 0.5; patches see only patches
+(docs/method.md §3, in particular §3.3 and §3.4).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from torch.utils.checkpoint import checkpoint
 
 from maft.errors import CheckpointError
 
-MASK_THRESHOLD = 0.5  # resized soft mask ≥ 0.5 → allowed (§b.3, step 4)
+MASK_THRESHOLD = 0.5  # resized soft mask ≥ 0.5 → allowed (§3.4)
 
 
 def proposal_attention_mask(masks: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Which patches each proposal may attend to (§b.3 step 4).
+    """Which patches each proposal may attend to (§3.4).
 
     Args:
         masks: ``[B, N, h, w]`` soft masks in [0, 1] at any resolution.
@@ -58,7 +59,7 @@ def _attention_allow(allow: torch.Tensor) -> torch.Tensor:
 
 
 class IPClipEncoder(nn.Module):
-    """IP-CLIP image encoder over an open_clip ``VisionTransformer`` (spec §b).
+    """IP-CLIP image encoder over an open_clip ``VisionTransformer`` (docs/method.md §3).
 
     ``enc(images)`` → ``[B, D]`` plain CLIP embedding; ``enc(images, masks)`` → ``[B, N, D]``
     per-proposal embeddings (not L2-normalised). Images are CLIP-normalised ``[B, 3, H, W]`` with
@@ -120,7 +121,7 @@ class IPClipEncoder(nn.Module):
         return height // self.patch_size, width // self.patch_size
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
-        """Positional table for a ``gh × gw`` grid: CLS kept, grid resized bicubic (§b.2)."""
+        """Positional table for a ``gh × gw`` grid: CLS kept, grid resized bicubic (§3.2)."""
         pos = self.visual.positional_embedding  # [1 + g0h*g0w, d]
         g0h, g0w = self.visual.grid_size
         if (gh, gw) == (g0h, g0w):
@@ -169,7 +170,7 @@ class IPClipEncoder(nn.Module):
         return fn(*args)
 
     def _head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``ln_post`` then ``proj`` (§b.4)."""
+        """``ln_post`` then ``proj`` (§3.5)."""
         return self.visual.ln_post(tokens) @ self.visual.proj
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

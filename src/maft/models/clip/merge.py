@@ -1,4 +1,6 @@
-"""Frozen-CLIP baseline: one sub-image per proposal by mask, crop or mask & crop (spec §a.2).
+"""Frozen-CLIP baseline: one sub-image per proposal by mask, crop or mask & crop.
+
+The three operations and both variants: docs/method.md §2.3.
 
 ``variant="zegformer"`` follows ZegFormer's ``mask`` / ``crop`` / ``cropmask`` styles (bilinear
 resizes, tight box without +1, ``roi_align(aligned=True)``, empty or degenerate boxes → whole
@@ -35,7 +37,7 @@ def binary_masks(
 def valid_proposals(
     mask_logits: torch.Tensor, size_hw: tuple[int, int], mask_threshold: float = 0.5
 ) -> torch.Tensor:
-    """Proposals whose binary mask at image resolution is non-empty: bool ``[B, N]`` (§a.4)."""
+    """Proposals whose binary mask at image resolution is non-empty: bool ``[B, N]`` (§4.1)."""
     return binary_masks(mask_logits, size_hw, mask_threshold).flatten(2).any(-1)
 
 
@@ -123,7 +125,7 @@ def merge_subimages(
     variant: MergeVariant = "zegformer",
     mask_threshold: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build one CLIP input per (image, proposal) pair (spec §a.2).
+    """Build one CLIP input per (image, proposal) pair (§2.3).
 
     Args:
         images: ``[B, 3, H, W]`` CLIP-normalised images (the padded canvas).

@@ -1,4 +1,4 @@
-"""Class text embeddings from the 14 ViLD templates and fixed-temperature logits (spec §a.3)."""
+"""Class text embeddings (14 ViLD templates) and fixed-temperature logits (docs/method.md §2.2)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ VILD_TEMPLATES: tuple[str, ...] = (
     "There is a large {} in the scene.",
 )
 
-LOGIT_SCALE = 100.0  # fixed temperature 1/τ = 100, not CLIP's learned logit_scale (§a.3)
+LOGIT_SCALE = 100.0  # fixed temperature 1/τ = 100, not CLIP's learned logit_scale (§2.2)
 
 
 def _tensor_digest(h: hashlib.blake2b, name: str, t: torch.Tensor) -> None:
@@ -42,7 +42,7 @@ class TextClassifier(nn.Module):
     """Frozen CLIP text classifier: names → ``[C, D]`` L2-normalised template-averaged embeddings.
 
     Per name (whitespace-stripped, used verbatim) and template: encode, L2-normalise, average over
-    templates, L2-normalise again (§a.3). Results are cached in memory per tuple of names and, with
+    templates, L2-normalise again (§2.2). Results are cached in memory per tuple of names and, with
     ``cache_dir``, on disk under a hash of the text-tower weights, the templates and the names.
     The text-tower parameters (everything outside ``visual.``) are frozen; the image tower is left
     untouched so that it can be shared with a trainable IP-CLIP encoder.

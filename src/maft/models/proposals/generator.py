@@ -1,4 +1,6 @@
-"""Open-vocabulary Mask2Former proposal generator (§a.1): masks and CLIP-space class scores.
+"""Open-vocabulary Mask2Former proposal generator: masks and CLIP-space class scores.
+
+See docs/method.md §2.1.
 
 images (0–255 RGB) -> timm backbone -> pixel decoder (-> optional text interaction) ->
 masked-attention decoder -> per query mask logits [B, N, H/4, W/4] and a class embedding whose
@@ -19,7 +21,7 @@ from maft.models.proposals.transformer_decoder import MaskedAttentionDecoder
 
 
 def proposal_scores(class_logits: torch.Tensor) -> torch.Tensor:
-    """A^p [B, N, C]: softmax over the C+1 columns (void last), then drop void (§a.1)."""
+    """A^p [B, N, C]: softmax over the C+1 columns (void last), then drop void (§2.1)."""
     return class_logits.softmax(dim=-1)[..., :-1]
 
 

@@ -1,4 +1,4 @@
-"""Optional text→pixel interaction (FreeSeg's ContextInteraction, §a.1).
+"""Optional text→pixel interaction (FreeSeg's ContextInteraction, docs/method.md §2.1).
 
 Every pixel of each pixel-decoder map (the three multi-scale maps and the 1/4 mask features) is a
 query that cross-attends to the C+1 text embeddings (pre-LayerNorm, attention dropout 0.1),

@@ -1,4 +1,4 @@
-"""Small building blocks of the proposal generator: attention, MLP, sine positions (§a.1)."""
+"""Proposal-generator building blocks (docs/method.md §2.1): attention, MLP, sine positions."""
 
 from __future__ import annotations
 

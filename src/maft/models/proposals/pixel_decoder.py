@@ -1,4 +1,4 @@
-"""Multi-scale pixel decoder of the proposal generator (§a.1), pure PyTorch.
+"""Multi-scale pixel decoder of the proposal generator (docs/method.md §2.1), pure PyTorch.
 
 Stands in for Mask2Former's MSDeformAttn encoder (a compiled op): the 1/8, 1/16 and 1/32
 feature maps are projected to `hidden_dim`, flattened into one token sequence with sine position

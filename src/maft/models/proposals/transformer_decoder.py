@@ -1,4 +1,4 @@
-"""Mask2Former masked-attention transformer decoder with CLIP-space class embeddings (§a.1).
+"""Mask2Former masked-attention decoder with CLIP-space class embeddings (docs/method.md §2.1).
 
 Each layer cross-attends (round robin over 1/32, 1/16, 1/8) only to pixels inside the mask the
 previous prediction gives (sigmoid >= 0.5 after bilinear resize; a query whose mask is empty
@@ -80,7 +80,7 @@ class MaskedAttentionDecoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        # §a.1: 2-layer MLP to the CLIP joint space (hidden 1024 for hidden_dim 256)
+        # 2-layer MLP to the CLIP joint space (hidden 1024 for hidden_dim 256)
         self.class_embed = MLP(hidden_dim, 4 * hidden_dim, clip_dim, 2)
 
     def predict(
