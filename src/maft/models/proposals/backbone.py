@@ -1,4 +1,4 @@
-"""timm `features_only` backbone of the proposal generator (§a.1: ResNet, FrozenBN).
+"""timm `features_only` backbone of the proposal generator (docs/method.md §2.1: ResNet, FrozenBN).
 
 Returns the stride-4/8/16/32 feature maps of any timm model that provides them. Pretrained
 weights come from ``backbone_weights`` (a local file), else timm's local caches, else timm's own
