@@ -130,9 +130,11 @@ def _main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from maft.offline import check_weights_available
     from maft.runner import cli_guard, interrupt_guard, run_train, update_latest_link
 
     with cli_guard(), interrupt_guard(cfg.paths.output_dir):
+        check_weights_available(cfg)  # offline: fail now with a remedy, not after the data step
         summary = run_train(cfg)  # heavy imports only when a job really runs
     if HydraConfig.get().mode == RunMode.RUN:
         link = update_latest_link(cfg)

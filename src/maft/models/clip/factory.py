@@ -27,9 +27,16 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import resize_pos_embed
-from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+from open_clip.pretrained import (
+    HF_WEIGHTS_NAME,
+    _get_safe_alternatives,
+    download_pretrained,
+    get_pretrained_cfg,
+    has_hf_hub,
+)
 
 from maft.errors import CheckpointError, ConfigError
+from maft.offline import CLIP_REMEDY, hf_hub_url, require_download
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -134,8 +141,63 @@ class ClipNormalization:
         return (x - mean) / std
 
 
+def cached_pretrained_file(cfg: dict[str, Any]) -> str | None:
+    """The local file of an open_clip tag config, when a download already put it there."""
+    if cfg.get("file"):
+        return str(cfg["file"]) if os.path.isfile(cfg["file"]) else None
+    hub = cfg.get("hf_hub", "")
+    if hub and has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        for name in (*_get_safe_alternatives(filename), filename):
+            hit = try_to_load_from_cache(model_id, name)
+            if isinstance(hit, str):
+                return hit
+    if cfg.get("url"):  # open_clip's URL cache (download_pretrained_from_url's default folder)
+        hit = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        if hit.is_file():
+            return str(hit)
+    return None
+
+
+def _download_source(cfg: dict[str, Any]) -> str:
+    """Where open_clip would download a tag's file from (the HF hub when it has an entry)."""
+    hub = cfg.get("hf_hub", "")
+    if hub and has_hf_hub():
+        return f"{hf_hub_url()}/{hub.rstrip('/')}"
+    return str(cfg.get("url") or hf_hub_url())
+
+
+def _cached_or_reachable(model_name: str, tag: str, cfg: dict[str, Any]) -> str | None:
+    """A tag's cached file; None when it must be downloaded and can be; else raise."""
+    cached = cached_pretrained_file(cfg)
+    if cached is None:
+        what = f"the CLIP weights of model.clip.name={model_name} pretrained={tag}"
+        require_download(what, _download_source(cfg), CLIP_REMEDY)
+    return cached
+
+
+def check_pretrained_available(name: str, pretrained: str | None) -> None:
+    """Raise WeightsUnavailableError now for a ``pretrained`` tag neither cached nor reachable."""
+    if not pretrained or os.path.isfile(pretrained):
+        return
+    register_model_configs()
+    tag_cfg = get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        _cached_or_reachable(name, pretrained, tag_cfg)
+
+
 def _download_pretrained(model_name: str, tag: str, cfg: dict[str, Any]) -> str:
-    """Fetch the file of an open_clip pretrained tag (the only network step; tests replace it)."""
+    """Fetch the file of an open_clip pretrained tag (the only network step; tests replace it).
+
+    A file already in the local cache is used as it is; offline, a WeightsUnavailableError says
+    at once what is missing instead of open_clip's retries.
+    """
+    cached = _cached_or_reachable(model_name, tag, cfg)
+    if cached is not None:
+        return cached
     path = download_pretrained(cfg)
     if not path:
         raise CheckpointError(f"open_clip returned no file for model {model_name!r} tag {tag!r}")
@@ -334,6 +396,8 @@ def get_tokenizer(name: str) -> Callable[..., torch.Tensor]:
 __all__ = [
     "ClipNormalization",
     "build_clip",
+    "cached_pretrained_file",
+    "check_pretrained_available",
     "config_name",
     "get_tokenizer",
     "openai_clip_config",

@@ -17,6 +17,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from maft.errors import ConfigError
+from maft.offline import hf_hub_url, require_download
 
 STRIDES = (4, 8, 16, 32)
 
@@ -56,8 +57,34 @@ def _pretrained_overlay(name: str, weights: str | None) -> dict[str, str]:
     return {"file": str(path)}
 
 
+def _timm_source(name: str) -> str:
+    """Where timm would download the weights of ``name`` from (the HF hub when it has an id)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    if cfg is not None and not cfg.hf_hub_id and cfg.url:
+        return str(cfg.url)
+    hub_id = f"/{cfg.hf_hub_id}" if cfg is not None and cfg.hf_hub_id else ""
+    return hf_hub_url() + hub_id
+
+
+def check_backbone_available(name: str, pretrained: bool, weights: str | None) -> None:
+    """Raise WeightsUnavailableError now for timm weights neither cached nor reachable."""
+    if not pretrained or weights or _cached_timm_weights(name) is not None:
+        return
+    require_download(
+        f"the pretrained weights of the timm backbone model.proposals.backbone={name}",
+        _timm_source(name),
+        "Offline, give a local file with model.proposals.backbone_weights=<file>, or set "
+        "model.proposals.pretrained_backbone=false (random init), or train on a CPU with no "
+        "download at all: experiment=folder_cpu data.root=<your folder>",
+    )
+
+
 def _download(name: str) -> nn.Module:
     """Let timm fetch the pretrained weights (network); a clear ConfigError when it cannot."""
+    check_backbone_available(name, True, None)
     try:
         return timm.create_model(name, pretrained=True, features_only=True)
     except Exception as err:  # noqa: BLE001 - offline, unknown tag, hub error: one clear message
@@ -105,4 +132,4 @@ class TimmBackbone(nn.Module):
         return {f"res{i + 2}": feats[j] for i, j in enumerate(self.picks)}
 
 
-__all__ = ["TimmBackbone", "STRIDES"]
+__all__ = ["TimmBackbone", "STRIDES", "check_backbone_available"]
