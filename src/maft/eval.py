@@ -5,6 +5,8 @@ Returns the run's headline metric (see :func:`maft.runner.headline`), for Hydra 
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -21,7 +23,10 @@ def _main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console-script entry point (`maft-eval`)."""
+    """Console-script entry point (`maft-eval`): unparsable overrides get a quoting hint."""
+    from maft.train import exit_on_unreadable_overrides
+
+    exit_on_unreadable_overrides(sys.argv[1:])
     _main()
 
 

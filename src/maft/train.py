@@ -9,7 +9,9 @@ they import nothing heavy.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,27 @@ from maft.errors import ConfigError
 
 #: Files that mark a folder as holding a run's results (never written over).
 RESULT_FILES = ("metrics.json", "report.md")
+
+
+def writable_problem(out_dir: str | Path, setting: str = "output_dir") -> str | None:
+    """Why ``out_dir`` cannot be created or written (``setting``: the key to change), or None."""
+    out_dir = Path(out_dir)
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return (
+            f"output folder {out_dir} is not writable (checked {probe}); choose another "
+            f"{setting}=..."
+        )
+    return None
+
+
+def check_writable(out_dir: str | Path, setting: str = "output_dir") -> None:
+    """ConfigError now, before any work, when ``out_dir`` cannot be created or written."""
+    problem = writable_problem(out_dir, setting)
+    if problem:
+        raise ConfigError(problem)
 
 
 def checkpoints_in(out: Path) -> list[str]:
@@ -41,6 +64,9 @@ def run_folder_problem(out: str | Path, command: str = "train", resume: bool = F
     training run or an evaluation must not find another run's checkpoints.
     """
     out = Path(out)
+    unwritable = writable_problem(out, "hydra.run.dir")
+    if unwritable:
+        return unwritable
     held = [name for name in RESULT_FILES if (out / name).exists()]
     pictures = out / "pictures"
     if pictures.is_dir() and any(pictures.iterdir()):
@@ -114,7 +140,17 @@ class RunFolderGuard(HydraCallback):
                 "hydra.run.dir=<its folder> (e.g. outputs/<task>/<time>)"
             )
         elif not named:
-            fresh = _claim_fresh_folder(run_dir)
+            try:
+                fresh = _claim_fresh_folder(run_dir)
+            except OSError as err:  # a read-only outputs/ (or a file in the way)
+                fresh, problem = (
+                    run_dir,
+                    (
+                        writable_problem(run_dir, "hydra.run.dir")
+                        or f"cannot create the run folder {run_dir} ({err}); choose another "
+                        "hydra.run.dir=..."
+                    ),
+                )
             if fresh != run_dir:
                 with read_write(hydra_cfg.run):
                     hydra_cfg.run.dir = str(fresh)
@@ -123,6 +159,106 @@ class RunFolderGuard(HydraCallback):
         if problem:
             print(f"maft: error: ConfigError: {problem}", file=sys.stderr)
             sys.exit(2)
+
+
+#: Hydra's command-line flags that take the next argument as their value.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+_VALUE_FLAGS |= {"--config-dir", "-cd", "--experimental-rerun"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _shell(override: str) -> str:
+    """``override`` quoted for a POSIX shell: in double quotes unless the shell would expand it."""
+    return shlex.quote(override) if any(c in override for c in '"$`\\!') else f'"{override}"'
+
+
+def _quoted(key: str, value: str) -> str:
+    """``key=value`` with the value quoted for Hydra (each item of a ``[...]`` list)."""
+    value = value.strip()
+
+    def quote(text: str) -> str:
+        return f"'{text}'" if "'" not in text else f'"{text}"'
+
+    if value.startswith("[") and value.endswith("]"):
+        items = [quote(v.strip().strip("'\"")) for v in value[1:-1].split(",") if v.strip()]
+        return f"{key}=[{','.join(items)}]"
+    return f"{key}={quote(value)}"
+
+
+def override_quoting_error(argv: Sequence[str]) -> str | None:
+    """One line for the first command-line override Hydra cannot parse: how to quote it.
+
+    Hydra reads spaces (an unquoted value the shell split in two), non-ASCII letters and
+    characters such as ``( ) [ ] & # ' ~ =`` in a value only inside quotes, and otherwise stops
+    with a bare lexer error. ``None`` when every override parses.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from maft.data.vocabulary import unquoted_override_error
+
+    parser, prev, skip = None, None, False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            skip = "=" not in arg and (
+                flag in _VALUE_FLAGS or (flag in ("--info", "-i") and nxt in _INFO_VALUES)
+            )
+            prev = None
+            continue
+        parser = parser or OverridesParser.create()
+        try:
+            parser.parse_override(arg)
+            prev = arg if "=" in arg else None
+            continue
+        except HydraException:
+            pass
+        if "=" not in arg and arg.startswith(("+", "~")):
+            return f"the override {arg!r} has no value: write {arg}=<value>"
+        if "=" not in arg:  # a piece of the previous value, split off by the shell at a space
+            if prev is None:
+                return (
+                    f"cannot read the command-line argument {arg!r}: overrides are key=value. "
+                    "A value with spaces must stay one argument: quote the whole override for "
+                    'the shell, e.g. "data.root=/path/with spaces"'
+                )
+            rest = []
+            for piece in argv[i:]:
+                if "=" in piece or piece.startswith("-"):
+                    break
+                rest.append(piece)
+            whole = " ".join([prev, *rest])
+            try:
+                parser.parse_override(whole)
+            except HydraException:
+                whole = _quoted(*whole.split("=", 1))
+            return (
+                f"cannot read the override {prev!r} followed by {' '.join(rest)!r}: the shell "
+                "split a value with spaces in two. Quote the whole override for the shell: "
+                f"{_shell(whole)}"
+            )
+        if not arg.isascii():
+            problem = unquoted_override_error([arg])
+            if problem:
+                return problem
+        return (
+            f"cannot read the override {arg!r}: Hydra reads spaces, non-ASCII letters and "
+            "characters such as ( ) [ ] & # ' ~ = in a value only inside quotes. Quote the "
+            f"value, and the whole override for the shell: {_shell(_quoted(*arg.split('=', 1)))}"
+        )
+    return None
+
+
+def exit_on_unreadable_overrides(argv: Sequence[str]) -> None:
+    """Exit with status 2 and one line when an override cannot be parsed (before Hydra starts)."""
+    problem = override_quoting_error(argv)
+    if problem:
+        print(f"maft: error: ConfigError: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -144,7 +280,8 @@ def _main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Console-script entry point (`maft-train`)."""
+    """Console-script entry point (`maft-train`): unparsable overrides get a quoting hint."""
+    exit_on_unreadable_overrides(sys.argv[1:])
     _main()
 
 
