@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import yaml
 
+from maft.checkpoints import check_keys, identify_checkpoint, read_checkpoint, wrong_kind
 from maft.errors import CheckpointError, ConfigError
 from maft.models.clip.factory import config_name, openai_clip_config
 
@@ -88,35 +89,21 @@ class ReleaseSettings:
 # ------------------------------------------------------------------------------------- reading
 def read_release_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a detectron2 release file (``{"model": state_dict}`` or a bare dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"release checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - mmap needs the zip format; retry plainly
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - one clear message naming the file
-            raise CheckpointError(f"cannot read release checkpoint {path}: {err}") from None
-    sd = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not any(k.startswith("backbone.") for k in sd):
-        raise CheckpointError(
-            f"{path} is not an official FreeSeg/MAFT release file (a detectron2 checkpoint with "
-            "'backbone.*' and 'sem_seg_head.*' keys under 'model')"
-        )
+    obj = read_checkpoint(path, what="release checkpoint", mmap=True)
+    hint = "a detectron2 checkpoint with 'backbone.*' and 'sem_seg_head.*' keys under 'model'"
+    error = wrong_kind(path, obj, ["release"], hint)
+    if error is not None:
+        raise error
+    sd = obj.get("model", obj)
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def is_release_file(path: str | Path) -> bool:
     """True when ``path`` holds an official release checkpoint (not a Lightning checkpoint)."""
     try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not readable this way: not a release file
+        return identify_checkpoint(path) == "release"
+    except CheckpointError:  # missing or unreadable: not a release file
         return False
-    if not isinstance(obj, dict) or "state_dict" in obj:
-        return False
-    sd = obj.get("model", obj)
-    return isinstance(sd, dict) and any(str(k).startswith("sem_seg_head.") for k in sd)
 
 
 def read_official_config(path: str | Path) -> dict[str, Any]:
@@ -428,28 +415,8 @@ def _check_copies(sd: Mapping[str, torch.Tensor], source: str) -> None:
             raise CheckpointError(f"{source}: {key} = {sd[key].flatten().tolist()} != {expected}")
 
 
-def check_task_keys(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], source: str
-) -> None:
-    """CheckpointError listing missing, unexpected and mis-shaped keys (all of them counted)."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    wrong = [
-        f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}"
-        for k in given
-        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if keys:
-                more = f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""
-                parts.append(f"{len(keys)} {label}: {keys[:6]}{more}")
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
+#: Missing, unexpected and mis-shaped keys in one CheckpointError naming the file.
+check_task_keys = check_keys
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maft.checkpoints import read_lightning_checkpoint  # re-exported: tasks import it from here
 from maft.errors import CheckpointError
 
 #: Generator settings that only choose initial weights (not the architecture).
@@ -49,20 +50,6 @@ def segmentation_targets(
                 f"smaller than the original image {h0}x{w0}: evaluation needs original-size labels"
             )
         yield pred, labels[i, :h0, :w0].to(pred.device)
-
-
-def read_lightning_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a Lightning checkpoint with errors naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    return ckpt
 
 
 def load_generator_weights(

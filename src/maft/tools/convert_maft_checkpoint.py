@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from maft.checkpoints import check_keys, read_state_dict
 from maft.errors import CheckpointError
 from maft.models.clip.convert import check_against, convert_maft_state_dict, text_tower_state_dict
-from maft.models.clip.factory import build_clip, read_state_dict
+from maft.models.clip.factory import build_clip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,19 +46,12 @@ def convert(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     model, _ = build_clip(args.model)
     check_against(visual_sd, model.visual, report)
     print(report.summary())
-    if report.missing or report.unexpected:
-        raise CheckpointError(
-            f"{args.checkpoint}: visual tower does not fit {args.model}: missing "
-            f"{report.missing[:5]}, unexpected {report.unexpected[:5]}"
-        )
+    check_keys(model.visual.state_dict(), visual_sd, args.checkpoint, f"the {args.model} visual")
     if not args.full:
         return visual_sd
     text = text_tower_state_dict(sd, str(args.checkpoint))
     full = {**text, **{f"visual.{k}": v for k, v in visual_sd.items()}}
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(full))
-    if missing:
-        raise CheckpointError(f"{args.checkpoint}: full CLIP lacks {missing[:5]}")
+    check_keys(model.state_dict(), full, args.checkpoint, f"a whole {args.model} CLIP")
     full["input_resolution"] = torch.tensor(model.visual.image_size[0])  # OpenAI-layout markers
     full["context_length"] = torch.tensor(model.context_length)
     full["vocab_size"] = torch.tensor(model.vocab_size)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maft.checkpoints import check_keys, read_state_dict
 from maft.errors import CheckpointError
-from maft.models.clip.factory import read_state_dict
 
 OFFICIAL_VISUAL_PREFIX = "IPCLIP."
 _ANCHOR = "conv1.weight"
@@ -131,11 +131,7 @@ def load_maft_visual(
     sd, _ = read_state_dict(path, weights_only=weights_only)
     visual_sd, report = convert_maft_state_dict(sd, prefix, str(path))
     check_against(visual_sd, visual, report)
-    if report.missing or report.unexpected:
-        raise CheckpointError(
-            f"{path}: visual tower {report.prefix!r} does not fit the model: missing "
-            f"{report.missing[:5]}, unexpected {report.unexpected[:5]}"
-        )
+    check_keys(visual.state_dict(), visual_sd, path, f"the visual tower ({report.prefix!r} keys)")
     visual.load_state_dict(visual_sd, strict=True)
     return report
 

@@ -1,4 +1,4 @@
-"""Build open_clip CLIP models from a tag, a local checkpoint file or random weights (spec §a.3).
+"""Build open_clip CLIP models from a tag, a local checkpoint file or random weights.
 
 One loader for every source (open_clip's idea): a pretrained tag only adds a download step, then the
 downloaded file goes through the same file loader as a user's local checkpoint.
@@ -15,10 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import tempfile
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +32,12 @@ from open_clip.pretrained import (
     has_hf_hub,
 )
 
+from maft.checkpoints import check_keys, read_state_dict
 from maft.errors import CheckpointError, ConfigError
 from maft.offline import CLIP_REMEDY, hf_hub_url, require_download
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_NESTED_KEYS = ("state_dict", "model")
-_MAX_KEYS_SHOWN = 5
+_NAME_HINT = "Check the model name matches the weights."
 _registered = False
 
 
@@ -204,53 +200,6 @@ def _download_pretrained(model_name: str, tag: str, cfg: dict[str, Any]) -> str:
     return str(path)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (OpenAI's released ``.pt`` files are JIT archives)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") for n in zf.namelist())
-
-
-def read_state_dict(
-    path: str | Path, *, weights_only: bool = True
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """Read a checkpoint into a flat tensor state dict; also say whether it is in OpenAI format.
-
-    Accepts an open_clip state dict, one nested under ``state_dict`` / ``model`` (Lightning,
-    detectron2), and OpenAI JIT or state-dict archives. A leading ``module.`` is stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    is_openai = _is_torchscript(path)
-    try:
-        if is_openai:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation notice
-                obj: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {err}. If the file is trusted and holds non-tensor "
-            "objects, load it with weights_only=False."
-        ) from err
-    for key in _NESTED_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"checkpoint {path} holds no state dict (got {type(obj).__name__})")
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    is_openai = is_openai or any(k in sd for k in _OPENAI_EXTRA_KEYS)
-    for key in _OPENAI_EXTRA_KEYS:
-        sd.pop(key, None)
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd, is_openai
-
-
 def _strip_to_model(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
     """Drop a wrapper prefix (e.g. a Lightning ``clip.``) located via the unique ``logit_scale``."""
     if "logit_scale" in sd or "logit_scale" not in model_keys:
@@ -260,13 +209,6 @@ def _strip_to_model(sd: dict[str, torch.Tensor], model_keys: set[str]) -> dict[s
         return sd
     prefix = prefixes.pop()
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _first(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
-    return shown + (
-        f" (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
-    )
 
 
 def load_clip_state_dict(
@@ -281,21 +223,7 @@ def load_clip_state_dict(
     for name, _ in model.named_buffers():  # non-persistent buffers (attn_mask) saved by TorchScript
         if name not in expected:
             sd.pop(name, None)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {source} does not match the model: missing keys [{_first(missing)}], "
-            f"unexpected keys [{_first(unexpected)}]. Check the model name matches the weights."
-        )
-    wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(
-            f"checkpoint {source} has wrong shapes for [{_first(wrong)}]: {k} is "
-            f"{tuple(sd[k].shape)}, the model expects {tuple(expected[k].shape)}. "
-            "Check the model name matches the weights."
-        )
+    check_keys(expected, sd, f"checkpoint {source}", hint=_NAME_HINT)
     model.load_state_dict(sd, strict=True)
 
 
