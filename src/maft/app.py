@@ -174,13 +174,12 @@ def ensemble_settings(
         raise ConfigError(f"unknown ensemble form {form!r}; choose one of {', '.join(FORMS)}")
     task = predictor.task
     with _LOCK:
-        before = (task.lambda_, task.form)
-        task.lambda_ = before[0] if lambda_ is None else float(lambda_)
-        task.form = before[1] if form is None else str(form)
+        before = {"lambda_": task.lambda_, "form": task.form}
+        task.configure_inference(lambda_=lambda_, form=form)
         try:
             yield
         finally:
-            task.lambda_, task.form = before
+            task.configure_inference(**before)
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -296,13 +295,11 @@ def _proposals(
     top_k: int,
 ) -> ProposalSet:
     """Masks and top-k ``A^c`` classes per proposal: frozen CLIP vs MAFT, or the main mode alone."""
-    from maft.predictor import describe_proposals, proposal_masks
+    from maft.models.segmenter import describe_proposals, proposal_masks
 
-    first = MAFT_MODE if compare else main
-    out, info = runs[first]
-    batch = info["batch"]
-    mine = describe_proposals(out, batch, names, top_k)
-    frozen = describe_proposals(runs[FROZEN_MODE][0], batch, names, top_k) if compare else None
+    out = runs[MAFT_MODE if compare else main][0]
+    mine = describe_proposals(out, names, top_k)
+    frozen = describe_proposals(runs[FROZEN_MODE][0], names, top_k) if compare else None
     rows = [
         {
             "index": p["index"],
@@ -315,7 +312,7 @@ def _proposals(
         }
         for p in mine
     ]
-    masks = proposal_masks(out, batch, full_size=False).cpu().float().numpy().astype(np.float16)
+    masks = proposal_masks(out, full_size=False).cpu().float().numpy().astype(np.float16)
     columns = ("frozen CLIP", "MAFT") if compare else (main, main)
     return ProposalSet(image=image, masks=masks, rows=rows, columns=columns)
 
@@ -731,9 +728,9 @@ def launch(
 # ---------------------------------------------------------------------------------------- CLI
 def serve(cfg: DictConfig, block: bool = True) -> gr.Blocks:
     """Load the checkpoint once, build the page, serve it (``block=False``: return at once)."""
-    from maft.predictor import Predictor, _get
+    from maft.predict_run import cfg_value, load_predictor
 
-    ckpt = _get(cfg, "ckpt_path")
+    ckpt = cfg_value(cfg, "ckpt_path")
     if not ckpt or ckpt == "???":
         raise ConfigError(
             "ckpt_path is required: python -m maft.app ckpt_path=<MaftTask checkpoint> "
@@ -746,24 +743,18 @@ def serve(cfg: DictConfig, block: bool = True) -> gr.Blocks:
         )
     if not gradio_available():
         raise ConfigError(INSTALL_HINT)
-    ens = _get(cfg, "ensemble", {}) or {}
-    predictor = Predictor.from_checkpoint(
-        ckpt,
-        device=_get(cfg, "device", "auto"),
-        mode=_get(cfg, "mode", "maft"),
-        short_side=int(_get(cfg, "short_side", 640)),
-        lambda_=ens.get("lambda_"),
-        form=ens.get("form"),
+    predictor = load_predictor(cfg, str(ckpt))
+    examples_dir = Path(cfg_value(cfg, "examples_dir", ".cache/maft/app_examples"))
+    examples = example_rows(examples_dir) if cfg_value(cfg, "examples", True) else []
+    demo = build_app(
+        predictor, examples, checkpoint=str(ckpt), top_k=int(cfg_value(cfg, "top_k", 5))
     )
-    examples_dir = Path(_get(cfg, "examples_dir", ".cache/maft/app_examples"))
-    examples = example_rows(examples_dir) if _get(cfg, "examples", True) else []
-    demo = build_app(predictor, examples, checkpoint=str(ckpt), top_k=int(_get(cfg, "top_k", 5)))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     launch(
         demo,
-        host=str(_get(cfg, "host", "127.0.0.1")),
-        port=_get(cfg, "port"),
-        share=bool(_get(cfg, "share", False)),
+        host=str(cfg_value(cfg, "host", "127.0.0.1")),
+        port=cfg_value(cfg, "port"),
+        share=bool(cfg_value(cfg, "share", False)),
         block=block,
         allowed_paths=[p for p in (examples_dir.resolve(), docs_images()) if p.is_dir()],
     )

@@ -861,7 +861,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Segment the images of ``cfg.image`` with ``cfg.vocabulary`` (see :mod:`maft.predictor`)."""
-    from maft.predictor import run_predict_cli
+    """Segment the images of ``cfg.image`` with ``cfg.vocabulary`` (see :mod:`maft.predict_run`)."""
+    from maft.predict_run import run_predict_cli
 
     return run_predict_cli(cfg)

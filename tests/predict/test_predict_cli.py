@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from maft.errors import ConfigError, DatasetFileError
-from maft.predictor import run_predict_cli
+from maft.predict_run import run_predict_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""maft.predictor: inputs, outputs, seen/unseen reporting, errors, the CLI backend, the figure."""
+"""maft.predictor, maft.predict_run, the proposal figure: inputs, outputs, seen/unseen, errors."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ from PIL import Image
 
 from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError, DatasetFileError, VocabularyError
-from maft.predictor import (
-    Prediction,
-    Predictor,
-    as_vocabulary,
-    resolve_images,
-    run_predict_cli,
-    write_label_png,
-)
+from maft.models.segmenter import describe_proposals
+from maft.pictures import disagreement, proposal_figure, select_proposals
+from maft.predict_run import resolve_images, run_predict_cli
+from maft.predictor import Prediction, Predictor, as_vocabulary
+from maft.viz import write_label_png
 
 VOCAB = ["Sky ", "grass", "cat", "road", "sofa"]  # sky/grass: training classes; road: unseen there
 
@@ -211,7 +208,7 @@ def test_cli_backend_requires_keys(tmp_path):
 
 
 def test_proposal_figure_compares_frozen_and_maft(predictor, rgb):
-    picture, rows = predictor.proposal_figure(rgb, VOCAB, num=3, top_k=5)
+    picture, rows = proposal_figure(predictor, rgb, VOCAB, num=3, top_k=5)
     assert isinstance(picture, Image.Image) and picture.mode == "RGB"
     assert picture.height >= 3 * 40 and len(rows) == 3
     for r in rows:
@@ -274,8 +271,6 @@ def test_exif_orientation_is_applied_to_files(predictor, rgb, tmp_path):
 
 
 def test_select_proposals_prefers_disagreement_over_size():
-    from maft.predictor import disagreement, select_proposals
-
     frozen = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [1.0, 0.0], [0.0, 1.0]])
     maft = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.6, 0.4], [0.0, 1.0], [0.0, 1.0]])
     tv = disagreement(frozen, maft)
@@ -295,13 +290,11 @@ def test_select_proposals_prefers_disagreement_over_size():
 
 
 def test_proposal_figure_shows_the_most_disagreeing_proposals(predictor, rgb):
-    from maft.predictor import describe_proposals, disagreement
-
-    picture, rows = predictor.proposal_figure(rgb, VOCAB, num=3, top_k=5)
+    picture, rows = proposal_figure(predictor, rgb, VOCAB, num=3, top_k=5)
     out_maft, info = predictor.run(rgb, VOCAB, mode="maft")
     out_frozen, _ = predictor.run(rgb, VOCAB, mode="frozen_ip_clip")
     tv = disagreement(out_frozen.clip_probs[0], out_maft.clip_probs[0])
-    props = describe_proposals(out_maft, info["batch"], info["vocab"].names)
+    props = describe_proposals(out_maft, info["vocab"].names)
     eligible = [p["index"] for p in props if p["valid"] and p["area_share"] >= 0.01]
     ranked = sorted(eligible, key=lambda q: (-float(tv[q]), q))  # by total-variation distance
     largest = sorted(eligible, key=lambda q: (-props[q]["area_share"], q))

@@ -4,17 +4,23 @@ One pure ``nn.Module`` for evaluation, prediction and visualisation (spec §a.1-
 
 1. the proposal generator gives mask logits ``[B, N, H/4, W/4]`` and ``A^p`` (void dropped after
    the softmax, §a.1) over the current vocabulary's text embeddings;
-2. the mask logits are upsampled (bilinear, ``align_corners=True``) to the padded canvas and
+2. the mask logits are upsampled (bilinear, ``mask_align_corners``) to the padded canvas and
    squashed with a sigmoid: soft masks ``M`` (§b.1);
 3. ``A^c`` comes from IP-CLIP on the canvas resized to ``input_size`` (§b.1) or from one of the
    merge operations (frozen-CLIP baselines, §a.2); ``A^c = softmax(100 <e, T>)`` over the C classes;
 4. ``Â = ensemble(A^p, A^c)`` (§a.4), ``O = Â^T M`` cropped to the valid region and resized back to
    the original image size (§a.5); argmax gives the label map.
+
+The output carries its geometry (canvas, valid and original sizes, the segmenter's
+``mask_align_corners``), so :func:`proposal_masks` and :func:`describe_proposals` show each
+proposal's mask on the same path as the scores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +66,10 @@ class SegmenterOutput:
     clip_probs: torch.Tensor  # A^c [B, N, C]
     ensembled: torch.Tensor  # Â [B, N, C]
     valid: torch.Tensor  # [B, N] bool
+    canvas_size: tuple[int, int]  # (H, W) of the padded input the mask logits are upsampled to
+    valid_size: torch.Tensor  # [B, 2] (h, w) of each resized image inside the canvas
+    orig_size: torch.Tensor  # [B, 2] (H0, W0) of each original image
+    mask_align_corners: bool  # the segmenter's bilinear convention for the mask logits
 
 
 class ZeroShotSegmenter(nn.Module):
@@ -173,4 +183,77 @@ class ZeroShotSegmenter(nn.Module):
             for i in range(b)
         ]
         labels = [s.argmax(dim=0) for s in scores]
-        return SegmenterOutput(scores, labels, mask_logits, a_p, a_c, a_hat, valid)
+        return SegmenterOutput(
+            scores,
+            labels,
+            mask_logits,
+            a_p,
+            a_c,
+            a_hat,
+            valid,
+            canvas_size=(h, w),
+            valid_size=torch.as_tensor(valid_size).view(-1, 2).cpu(),
+            orig_size=torch.as_tensor(orig_size).view(-1, 2).cpu(),
+            mask_align_corners=self.mask_align_corners,
+        )
+
+
+# ---------------------------------------------------------------------------------- proposals
+def cells_inside(valid: int, canvas: int, cells: int, align_corners: bool) -> int:
+    """How many leading cells of a ``cells``-long mask axis land inside the first ``valid`` of the
+    ``canvas`` pixels it is upsampled to (at least 1), under the given bilinear convention."""
+    i = torch.arange(cells, dtype=torch.float64)
+    if align_corners:  # cell centres on the canvas corners' pixel centres
+        pos = i * (canvas - 1) / max(cells - 1, 1)
+    else:  # cells tile the canvas
+        pos = (i + 0.5) * canvas / cells - 0.5
+    return max(1, int((pos < valid - 0.5).sum()))  # centre nearest a valid pixel
+
+
+def proposal_masks(out: SegmenterOutput, index: int = 0, full_size: bool = True) -> torch.Tensor:
+    """Soft proposal masks of image ``index``: ``[N, H0, W0]``, or ``[N, rows, cols]`` (the
+    mask-logit cells inside the image, ``full_size=False``).
+
+    Same path as the scores (§a.5): bilinear to the canvas with the segmenter's
+    ``mask_align_corners``, crop to the valid region, bilinear to the original size, sigmoid.
+    """
+    logits = out.mask_logits[index : index + 1].float()  # [1, N, h4, w4]
+    hp, wp = out.canvas_size
+    vh, vw = (int(v) for v in out.valid_size[index])
+    if not full_size:
+        h4, w4 = logits.shape[-2:]
+        rows = cells_inside(vh, hp, h4, out.mask_align_corners)
+        cols = cells_inside(vw, wp, w4, out.mask_align_corners)
+        return logits[0, :, :rows, :cols].sigmoid()  # [N, rows, cols]
+    canvas = F.interpolate(
+        logits, size=(hp, wp), mode="bilinear", align_corners=out.mask_align_corners
+    )  # [1, N, Hp, Wp]
+    h0, w0 = (int(v) for v in out.orig_size[index])
+    return postprocess_to_original(canvas[0], (vh, vw), (h0, w0)).sigmoid()  # [N, H0, W0]
+
+
+def top_k_names(probs: torch.Tensor, names: Sequence[str], k: int) -> list[list[Any]]:
+    """The ``k`` largest entries of one class distribution ``[C]`` as ``[name, probability]``."""
+    vals, idx = probs.float().topk(min(k, probs.shape[-1]))
+    return [[names[int(i)], round(float(v), 6)] for v, i in zip(vals, idx)]
+
+
+def describe_proposals(
+    out: SegmenterOutput, names: Sequence[str], top_k: int = 5, index: int = 0
+) -> list[dict[str, Any]]:
+    """Per proposal of image ``index``: mask area (original-size pixels, share of the image),
+    validity, top-k classes of Â (``top_k``) and of A^c (``clip_top_k``)."""
+    masks = proposal_masks(out, index, full_size=False)  # [N, rows, cols]
+    share = (masks > 0.5).flatten(1).float().mean(1)  # [N]
+    h0, w0 = (int(v) for v in out.orig_size[index])
+    return [
+        {
+            "index": q,
+            "area": int(round(float(share[q]) * h0 * w0)),
+            "area_share": round(float(share[q]), 6),
+            "valid": bool(out.valid[index, q]),
+            "top_k": top_k_names(out.ensembled[index, q], names, top_k),
+            "clip_top_k": top_k_names(out.clip_probs[index, q], names, top_k),
+        }
+        for q in range(masks.shape[0])
+    ]

@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Write the figure and print the rows it shows; named errors exit with status 2."""
     from maft.errors import MaftError
+    from maft.pictures import proposal_figure
     from maft.predictor import Predictor, as_vocabulary, load_image
     from maft.viz import save_png
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(
             args.ckpt, device=args.device, short_side=args.short_side
         )
-        picture, rows = predictor.proposal_figure(image, vocab, num=args.num, top_k=args.top_k)
+        picture, rows = proposal_figure(predictor, image, vocab, num=args.num, top_k=args.top_k)
     except MaftError as err:
         print(f"show_proposals: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
