@@ -14,17 +14,13 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from maft.benchmarking import machine, timed
+from maft.config import compose
 from maft.data.vocabulary import Vocabulary
 from maft.tasks.maft_task import MaftTask
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
-if not CONF.is_dir():  # installed package
-    from maft.config import CONFIG_DIR
-
-    CONF = Path(CONFIG_DIR) / "model"
 PRESETS = {
     "real": dict(
         clip="vit_b16", proposals="freeseg_r101", crop=640, test=(640, 864), batch=2, repeats=3
@@ -36,10 +32,16 @@ OFFICIAL = {"train_s_per_iter_batch2_per_gpu": 0.365, "peak_gb_per_gpu": 20.5, "
 
 def build_task(preset: dict, device: torch.device) -> MaftTask:
     """A MaftTask with random weights (no download) at the preset's scale."""
-    clip = yaml.safe_load((CONF / "clip" / f"{preset['clip']}.yaml").read_text())
-    clip["pretrained"] = None
-    gen = yaml.safe_load((CONF / "proposals" / f"{preset['proposals']}.yaml").read_text())
-    gen.update(clip_dim=clip["embed_dim"], pretrained_backbone=False)
+    cfg = compose(
+        [
+            f"model/clip={preset['clip']}",
+            f"model/proposals={preset['proposals']}",
+            "model.clip.pretrained=null",
+        ]
+    )
+    clip = OmegaConf.to_container(cfg.model.clip, resolve=True)
+    gen = OmegaConf.to_container(cfg.model.proposals, resolve=True)
+    gen.update(pretrained_backbone=False, backbone_weights=None)
     vocab = Vocabulary.from_benchmark("coco_stuff_171", split="zero_shot")
     task = MaftTask(vocabulary=vocab.to_dict(), clip=clip, generator=gen, maft={"max_steps": 1000})
     return task.to(device)

@@ -8,10 +8,9 @@
 - :class:`LogValidationPanels`: validation panels (image | ground truth | prediction).
 
 The panels go to ``<dirpath or trainer.default_root_dir>/panels/epoch{E}_{i}.png`` and, when a
-TensorBoard logger is attached, to TensorBoard as ``val/panel_{i}``. Predictions come from, in
-order: the ``validation_step`` output (a dict with ``"labels"``: per image int64 ``[H0, W0]``),
-a task attribute ``last_val_predictions`` (same list), or a fresh forward of the task's
-``segmenter()`` (MaftTask) on the few images kept. Tasks offering none of these get no panels.
+TensorBoard logger is attached, to TensorBoard as ``val/panel_{i}``. Predictions are the
+``validation_step`` output (a dict with ``"labels"``: per image int64 ``[H0, W0]``), as both
+tasks return it; a task that returns none gets no panels (one warning).
 """
 
 from __future__ import annotations
@@ -327,34 +326,14 @@ class LogValidationPanels(L.Callback):
         """Per-image label maps at the original size, from the step, the task, or a forward."""
         if isinstance(outputs, dict) and outputs.get("labels") is not None:
             return list(outputs["labels"])[:n]
-        stored = getattr(pl_module, "last_val_predictions", None)
-        if stored is not None and len(stored) >= n:
-            return list(stored)[:n]
-        if all(hasattr(pl_module, a) for a in ("segmenter", "text_embeddings", "vocab")):
-            return self._forward(pl_module, batch, n)
         if not self._warned:
             log.warning(
                 "LogValidationPanels: %s gives no predictions (return {'labels': ...} from "
-                "validation_step or set last_val_predictions); no panels written",
+                "validation_step); no panels written",
                 type(pl_module).__name__,
             )
             self._warned = True
         return None
-
-    @staticmethod
-    @torch.no_grad()
-    def _forward(pl_module: Any, batch: dict[str, Any], n: int) -> list[torch.Tensor]:
-        """Run the task's ZeroShotSegmenter on the first ``n`` images of the batch."""
-        vocab = pl_module.vocab
-        seen = vocab.seen.to(pl_module.device) if vocab.has_split else None
-        out = pl_module.segmenter()(
-            batch["image"][:n],
-            pl_module.text_embeddings(vocab),
-            seen,
-            batch["valid_size"][:n],
-            batch["orig_size"][:n],
-        )
-        return out.labels
 
     @staticmethod
     def _sample(batch: dict[str, Any], i: int, pred: torch.Tensor) -> dict[str, Any]:
@@ -377,9 +356,6 @@ class LogValidationPanels(L.Callback):
         vocab = getattr(pl_module, "vocab", None)
         if vocab is not None and hasattr(vocab, "names"):
             return list(vocab.names)
-        names = getattr(pl_module, "class_names", None)
-        if names:
-            return list(names)
         top = max(int(s["pred"].max()) for s in samples) + 1
         return [f"class {c}" for c in range(top)]
 

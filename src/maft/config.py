@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from maft.errors import ConfigError
+from maft.schema import register_configs
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -29,6 +30,24 @@ def config_dir() -> Path:
 
 
 CONFIG_DIR = str(config_dir())
+register_configs()  # the typed schemas the YAML files extend (maft.schema)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cross-key checks Hydra's typed merge cannot make: a split file of another benchmark.
+
+    Raises ``ConfigError`` with one line naming both choices.
+    """
+    split, data = cfg.get("split"), cfg.get("data")
+    if not split or not data:
+        return
+    owner, bench = split.get("benchmark"), data.get("benchmark")
+    if owner and bench and owner != bench:
+        raise ConfigError(
+            f"split {split.get('name')!r} of {owner} does not fit data={bench}: pick the "
+            f"benchmark's own split (split=... with benchmark: {bench}), split=all_seen or "
+            "split=from_file"
+        )
 
 
 def compose(
@@ -55,4 +74,5 @@ def compose(
         elif "paths" in cfg:
             cfg.paths.output_dir = str(Path(cfg.hydra.run.dir).resolve())
         del cfg["hydra"]
+    check_config(cfg)
     return cfg

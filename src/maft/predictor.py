@@ -1,10 +1,12 @@
-"""Predictor: load a MaftTask checkpoint once, segment any image with any vocabulary (§a, §d.3).
+"""Predictor: load a MaftTask checkpoint once, segment any image with any vocabulary.
+
+Test-time inference as docs/method.md §4 describes it.
 
 ``Predictor.from_checkpoint(path).predict(image, ["cat", "sofa", "wall"])`` runs the test-time
 pipeline: short-side resize (default 640, long side <= 2560), pad to a multiple of 32, the
 :class:`~maft.models.segmenter.ZeroShotSegmenter` of the chosen mode, scores cropped and resized
 back to the original size. Vocabulary names that match a training class (case-insensitive) count as
-seen for the λ-ensemble (§a.4); the others are unseen. The CLI backend of ``python -m
+seen for the λ-ensemble (docs/method.md §4.2); the others are unseen. The CLI backend of ``python -m
 maft.predict`` is :mod:`maft.predict_run`; the proposal figure is in :mod:`maft.pictures`.
 """
 
@@ -194,7 +196,10 @@ class Predictor:
         return Vocabulary(vocab.names, seen, vocab.ignore_index, vocab.benchmark, vocab.split)
 
     def preprocess(self, image: np.ndarray) -> dict[str, Any]:
-        """uint8 ``[H, W, 3]`` -> a one-image batch as at test time (§d.3): resize, pad to 32."""
+        """uint8 ``[H, W, 3]`` -> a one-image batch as at test time: resize, pad to 32.
+
+        Test-time geometry: docs/method.md §4.4.
+        """
         from maft.data.transforms import shortest_edge_size
 
         h0, w0 = image.shape[:2]

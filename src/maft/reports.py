@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from maft.schema import ModelCfg
+
 #: Row labels of the report, in display order (unknown rows are appended after these).
 ROW_LABELS = {
     "proposals": "proposal generator (A^p only, seen classes)",
@@ -43,7 +45,7 @@ def _fmt(x: Any) -> str:
 def row_label(key: str, meta: Mapping[str, Any]) -> str:
     """Human label of a report row."""
     template = ROW_LABELS.get(key, key)
-    return template.format(merge=str(meta.get("merge", "mask_crop")).replace("_", "&"))
+    return template.format(merge=str(meta.get("merge") or ModelCfg.merge).replace("_", "&"))
 
 
 def markdown_tables(results: Mapping[str, Mapping[str, Mapping[str, Any]]], meta: Mapping) -> str:

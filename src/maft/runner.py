@@ -38,7 +38,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch.utils.data import DataLoader
 
 from maft.callbacks import (
     GracefulStop,
@@ -49,10 +48,12 @@ from maft.callbacks import (
     duration,
     interactive,
 )
+from maft.config import check_config
 from maft.data.vocabulary import Vocabulary
-from maft.distributed import StepSeeder, sharded_loader
+from maft.distributed import StepSeeder
 from maft.errors import ConfigError, MaftError
 from maft.reports import config_hash, row_label, summary_table, write_reports
+from maft.tasks.base import METRIC_RULE, results_from_metrics
 from maft.train import checkpoints_in, run_folder_problem
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def _plan(cfg: DictConfig, stages: list[str], rows: list[str], data: bool) -> li
         steps.append(("proposals", f"{STAGE_TITLES['proposals']}, {n} steps"))
     if "proposals" in rows:
         steps.append(("eval proposals", "evaluate the proposal generator"))
-    merge = {"merge": cfg.model.get("merge", "mask_crop")}
+    merge = {"merge": cfg.model.merge}
     steps += [(f"eval {r}", f"evaluate {row_label(r, merge)}") for r in rows if r.startswith("fro")]
     if "maft" in stages:
         steps.append(("maft", f"{STAGE_TITLES['maft']}, {int(cfg.model.maft.max_steps)} steps"))
@@ -302,22 +303,7 @@ def _plain(node: Any) -> Any:
 # ---------------------------------------------------------------------------------------- pieces
 def build_vocabulary(cfg: DictConfig) -> Vocabulary:
     """The run's vocabulary from ``data.benchmark`` (+ ``data.root``) and ``split.name``."""
-    bench, split = cfg.data.benchmark, cfg.split.name
-    if bench == "folder":
-        from maft.data.dataset import folder_vocabulary
-
-        vocab = folder_vocabulary(cfg.data.root)  # classes.txt, with its "| unseen" markers
-        if split is None:
-            vocab = Vocabulary.from_names(vocab.names, None, vocab.ignore_index)
-        return vocab
-    if bench == "world":
-        from maft.world.writer import world_vocabulary
-
-        vocab = world_vocabulary()
-        return Vocabulary.from_names(vocab.names, None) if split is None else vocab
-    if split == "from_file":
-        split = "zero_shot"
-    return Vocabulary.from_benchmark(bench, split=split)
+    return Vocabulary.resolve(cfg.data.benchmark, cfg.data.get("root"), cfg.split.name)
 
 
 def build_datamodule(cfg: DictConfig, vocab: Vocabulary, **overrides: Any) -> L.LightningDataModule:
@@ -409,6 +395,8 @@ def build_trainer(cfg: DictConfig, stage: str, max_steps: int, **trainer_kwargs:
             c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)
         ]
     kwargs = {**_plain(cfg.trainer), **trainer_kwargs}
+    if training:
+        kwargs.update(_gradient_clipping(cfg, stage, kwargs))
     live = bool(kwargs.get("enable_progress_bar", True)) and interactive()
     kwargs["enable_progress_bar"] = live
     if live:
@@ -431,6 +419,31 @@ def build_trainer(cfg: DictConfig, stage: str, max_steps: int, **trainer_kwargs:
         )
     except TypeError as err:
         raise ConfigError(f"trainer config: {err}") from err
+
+
+def _gradient_clipping(cfg: DictConfig, stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Trainer arguments clipping the global gradient L2 norm at the stage recipe's grad_clip.
+
+    A trainer ``gradient_clip_val`` that differs from the recipe's is a ``ConfigError``: one
+    value has to say which clipping runs.
+    """
+    recipe = cfg.model.proposal_train.optim if stage == "proposals" else cfg.model.maft
+    clip = recipe.get("grad_clip")
+    given = kwargs.get("gradient_clip_val")
+    if clip is None:
+        return {}
+    where = "model.proposal_train.optim" if stage == "proposals" else "model.maft"
+    if given is not None and float(given) != float(clip):
+        raise ConfigError(
+            f"trainer gradient_clip_val={given} and {where}.grad_clip={clip} both set gradient "
+            f"clipping for the {stage} stage; set one ({where}.grad_clip=null to use the trainer's)"
+        )
+    if kwargs.get("gradient_clip_algorithm") not in (None, "norm"):
+        raise ConfigError(
+            f"{where}.grad_clip clips the gradient norm; trainer gradient_clip_algorithm="
+            f"{kwargs['gradient_clip_algorithm']} conflicts (set {where}.grad_clip=null)"
+        )
+    return {"gradient_clip_val": float(clip), "gradient_clip_algorithm": "norm"}
 
 
 def _resume_path(cfg: DictConfig, stage: str) -> str | None:
@@ -498,9 +511,7 @@ def build_proposal_task(cfg: DictConfig, vocab: Vocabulary) -> L.LightningModule
     optim = {**_plain(pt.optim), "max_steps": int(pt.max_steps)}
     try:
         return ProposalTask(
-            class_names=vocab.names,
-            seen=[bool(s) for s in vocab.seen.tolist()],
-            ignore_index=vocab.ignore_index,
+            vocabulary=vocab.to_dict(),
             clip={"name": cfg.model.clip.name, "pretrained": cfg.model.clip.pretrained},
             generator=_plain(cfg.model.proposals),
             criterion=_plain(pt.criterion),
@@ -544,32 +555,24 @@ def build_maft_task(cfg: DictConfig, vocab: Vocabulary, proposals_ckpt: str | No
         raise ConfigError(f"model config: {err}") from err
 
 
-def _test_sets(dm: L.LightningDataModule, vocab: Vocabulary) -> tuple[list[Vocabulary], list[str]]:
-    vocabs = list(getattr(dm, "test_vocabularies", None) or [vocab])
-    names = list(getattr(dm, "test_names", None) or [vocab.benchmark or "test"])
-    return vocabs, names
-
-
-def _test_loaders(dm: L.LightningDataModule) -> list[DataLoader]:
-    dm.setup("test")
-    loaders = dm.test_dataloader()
-    return [
-        sharded_loader(x) for x in (loaders if isinstance(loaders, list | tuple) else [loaders])
-    ]
-
-
 def evaluate(task, dm, cfg: DictConfig, mode: str) -> dict[str, dict[str, Any]]:
-    """Run the test loop of ``task`` in evaluation ``mode``; return ``{benchmark: metrics}``."""
+    """Test ``task`` in evaluation ``mode`` on the datamodule's test sets: ``{set: metrics}``.
+
+    The proposal generator (``proposals``: A^p over the seen classes) is tested on the main set
+    only; the other rows on every test set the datamodule names. The numbers come back through
+    the trainer's logged metrics.
+    """
     trainer = build_trainer(cfg, f"test_{mode}", max_steps=-1, use_distributed_sampler=False)
-    loaders = _test_loaders(dm)
-    if mode == "proposals":  # A^p over the seen classes, on the main test set
-        task.eval_name = (getattr(dm, "test_names", None) or ["test"])[0]
-        trainer.test(task, dataloaders=loaders[0], verbose=False)
-        return dict(task.results)
-    vocabs, names = _test_sets(dm, task.vocab)
-    task.eval_vocabularies, task.eval_names, task.eval_mode = vocabs, names, mode
-    trainer.test(task, dataloaders=loaders if len(loaders) > 1 else loaders[0], verbose=False)
-    return dict(task.results)
+    dm.setup("test")
+    names = list(getattr(dm, "test_names", None) or ["test"])
+    if mode == "proposals":
+        loaders = dm.test_dataloader()
+        first = loaders[0] if isinstance(loaders, list | tuple) else loaders
+        trainer.test(task, dataloaders=first, verbose=False)
+        return results_from_metrics(trainer.callback_metrics, names[:1])
+    with task.evaluating(mode):
+        trainer.test(task, datamodule=dm, verbose=False)
+    return results_from_metrics(trainer.callback_metrics, names)
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -632,7 +635,6 @@ def _meta(
     """Facts of the run for the reports; model facts from the task when one was built or loaded."""
     hp = dict(getattr(task, "hparams", None) or {})
     clip = hp.get("clip") or _plain(cfg.model.clip)
-    rules = {m.get("rule") for per in results.values() for m in per.values()}
     release = dict(hp.get("release") or {})
     extra: dict[str, Any] = {}
     if release:
@@ -657,16 +659,34 @@ def _meta(
         "benchmark": vocab.benchmark or cfg.data.get("benchmark"),
         "classes": vocab.num_classes,
         "seen/unseen": f"{int(vocab.seen.sum())}/{int((~vocab.seen).sum())}",
-        "rule": ", ".join(sorted(r for r in rules if r)) or "gt_or_pred",
-        "lambda": float(getattr(task, "lambda_", cfg.model.ensemble.lambda_)),
-        "form": str(getattr(task, "form", cfg.model.ensemble.form)),
-        "classifier": str(hp.get("classifier", cfg.model.classifier)),
-        "merge": str(hp.get("merge", cfg.model.merge)),
+        "rule": METRIC_RULE,
+        **_inference_facts(cfg, task),
         "clip": f"{clip.get('name')} ({clip.get('pretrained')})",
-        "start_layer": int(clip.get("start_layer", 0)),
         "checkpoint": ckpt,
         "seed": int(cfg.seed),
         "config_hash": config_hash(OmegaConf.to_yaml(cfg, resolve=True)),
+    }
+
+
+def _inference_facts(cfg: DictConfig, task: Any) -> dict[str, Any]:
+    """λ, form, start layer, input size, classifier, merge op and recipe that ran (task first)."""
+    if task is not None and hasattr(task, "clip_cfg"):  # the MaftTask evaluated: its own values
+        hp = task.hparams
+        ens = {"lambda_": task.lambda_, "form": task.form}
+        clip, model, recipe = task.clip_cfg, hp, getattr(task, "recipe", {})
+    else:
+        ens, clip, model = _plain(cfg.model.ensemble), _plain(cfg.model.clip), cfg.model
+        recipe = _plain(cfg.model.maft)
+    return {
+        "lambda": float(ens["lambda_"]),
+        "form": str(ens["form"]),
+        "start_layer": int(clip["start_layer"]),
+        "input_size": int(clip["input_size"]),
+        "classifier": str(model["classifier"]),
+        "merge": str(model["merge"]),
+        "maft recipe": ", ".join(
+            f"{k} {recipe[k]}" for k in ("dis_weight", "lr", "weight_decay", "schedule")
+        ),
     }
 
 
@@ -733,6 +753,7 @@ def resolve_clip_weights(cfg: DictConfig, timings: dict[str, float]) -> None:
 def _start(cfg: DictConfig, command: str) -> None:
     """Readable logging, and the run folder checked before anything is written into it."""
     setup_run_logging()
+    check_config(cfg)
     if rank_zero_only.rank != 0:
         return
     resume = command == "train" and cfg.get("ckpt_path") == "last"
@@ -812,8 +833,46 @@ def _pictures(cfg: DictConfig, task: Any, dm: Any, vocab: Vocabulary, timings: d
     log.info("pictures: done in %s", duration(timings["pictures"]))
 
 
+#: Inference settings a user may change on a loaded MaftTask, by their config key.
+INFERENCE_KEYS = {
+    "model.ensemble.lambda_": "lambda_",
+    "model.ensemble.form": "form",
+    "model.clip.start_layer": "start_layer",
+    "model.clip.input_size": "input_size",
+    "model.classifier": "classifier",
+    "model.merge": "merge",
+    "model.merge_variant": "merge_variant",
+    "model.drop_invalid": "drop_invalid",
+    "model.mask_align_corners": "mask_align_corners",
+}
+
+
+def user_overrides() -> set[str]:
+    """Config keys the user set on the command line (Hydra's task overrides), e.g. in a sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = [str(o) for o in HydraConfig.get().overrides.task]
+    except (ValueError, AttributeError):  # no Hydra context (a direct call)
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in task if "=" in o}
+
+
+def inference_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The inference settings the user overrode, to apply over a loaded checkpoint's own."""
+    given = user_overrides()
+    return {
+        name: OmegaConf.select(cfg, key) for key, name in INFERENCE_KEYS.items() if key in given
+    }
+
+
 def load_task_for_eval(cfg: DictConfig, vocab: Vocabulary):
-    """A MaftTask from ``ckpt_path`` (MaftTask checkpoint, or a ProposalTask one: frozen rows)."""
+    """A MaftTask from ``ckpt_path`` (MaftTask checkpoint, or a ProposalTask one: frozen rows).
+
+    A MaftTask checkpoint (or a release file) keeps its own inference settings (λ, form, start
+    layer, ...) unless the user overrides them on the command line; a ProposalTask checkpoint
+    takes them all from the config.
+    """
     from maft.tasks.common import read_lightning_checkpoint
     from maft.tasks.maft_task import MaftTask
 
@@ -826,16 +885,11 @@ def load_task_for_eval(cfg: DictConfig, vocab: Vocabulary):
         from maft.tasks.release import maft_task_from_release
 
         task, _, _ = maft_task_from_release(path, cfg.get("release_config"))
-        task.lambda_ = float(cfg.model.ensemble.lambda_)
-        task.form = str(cfg.model.ensemble.form)
-        return task
+        return task.configure_inference(**inference_overrides(cfg))
     hp = read_lightning_checkpoint(path).get("hyper_parameters") or {}
     if "criterion" in hp:  # a ProposalTask checkpoint: evaluate frozen CLIP on its proposals
         return build_maft_task(cfg, vocab, str(path))
-    task = MaftTask.from_checkpoint(path)
-    task.lambda_ = float(cfg.model.ensemble.lambda_)
-    task.form = str(cfg.model.ensemble.form)
-    return task
+    return MaftTask.from_checkpoint(path).configure_inference(**inference_overrides(cfg))
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:

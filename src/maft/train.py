@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from maft.config import CONFIG_DIR
+from maft.config import CONFIG_DIR, check_config
 from maft.errors import ConfigError
 
 #: Files that mark a folder as holding a run's results (never written over).
@@ -270,6 +270,7 @@ def _main(cfg: DictConfig) -> float:
     from maft.runner import cli_guard, interrupt_guard, run_train, update_latest_link
 
     with cli_guard(), interrupt_guard(cfg.paths.output_dir):
+        check_config(cfg)  # a split of another benchmark: one line, before anything else
         check_weights_available(cfg)  # offline: fail now with a remedy, not after the data step
         summary = run_train(cfg)  # heavy imports only when a job really runs
     if HydraConfig.get().mode == RunMode.RUN:

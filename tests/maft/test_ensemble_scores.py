@@ -62,8 +62,8 @@ def test_lambda_zero_returns_clip_scores_exactly(gen, form: str) -> None:
 def test_seen_none_uses_unseen_branch_everywhere(gen) -> None:
     A_p, A_c = _scores(gen)
     all_unseen = torch.zeros(5, dtype=torch.bool)
-    got = ensemble_scores(A_p, A_c, None, 0.4)
-    assert torch.equal(got, ensemble_scores(A_p, A_c, all_unseen, 0.4))
+    got = ensemble_scores(A_p, A_c, None, 0.4, form="code")
+    assert torch.equal(got, ensemble_scores(A_p, A_c, all_unseen, 0.4, form="code"))
     assert torch.allclose(got, A_p**0.6 * A_c**0.4)
 
 
@@ -72,10 +72,10 @@ def test_bad_arguments_raise(gen) -> None:
     with pytest.raises(ConfigError, match="form"):
         ensemble_scores(A_p, A_c, None, 0.5, form="paper")
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
-        ensemble_scores(A_p, A_c, None, 1.5)
+        ensemble_scores(A_p, A_c, None, 1.5, form="code")
     with pytest.raises(ConfigError, match="A_p"):
-        ensemble_scores(None, A_c, None, 0.5)
+        ensemble_scores(None, A_c, None, 0.5, form="code")
     with pytest.raises(ConfigError, match="void"):
-        ensemble_scores(torch.cat([A_p, A_p[..., :1]], -1), A_c, None, 0.5)
+        ensemble_scores(torch.cat([A_p, A_p[..., :1]], -1), A_c, None, 0.5, form="code")
     with pytest.raises(ConfigError, match="3 entries"):
-        ensemble_scores(A_p, A_c, torch.ones(3, dtype=torch.bool), 0.5)
+        ensemble_scores(A_p, A_c, torch.ones(3, dtype=torch.bool), 0.5, form="code")

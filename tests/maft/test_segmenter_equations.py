@@ -174,8 +174,12 @@ def _segment(
         parts["norm"],
         start_layer=int(TINY_CLIP["start_layer"]),
         input_size=int(TINY_CLIP["input_size"]),
+        classifier="ip_clip",
+        merge_variant="zegformer",
         lambda_=lam,
         form="code",
+        drop_invalid=False,
+        mask_align_corners=True,
     )
     return seg(images, parts["text_emb"], seen, VALID, ORIG)
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from maft.config import CONFIG_DIR
+from maft.config import compose
 from maft.errors import ConfigError
 from maft.losses.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_focal_cost
 from maft.losses.point_sampling import pixel_center_coords, point_sample
@@ -271,15 +270,26 @@ def test_aux_loss_layers_minus_one_is_freesegs_weight_dict() -> None:
     assert "loss_ce_2" in _maskformer_criterion(aux_loss_layers=None)(outputs, targets)
 
 
+#: Mask2Former's loss (point-sampled BCE, costs 2/5/5, every aux prediction).
+MASK2FORMER = {
+    **CRITERION_DEFAULTS,
+    "cost_class": 2.0,
+    "cost_mask": 5.0,
+    "mask_loss": "bce",
+    "num_points": 12544,
+    "match_resolution": "target",
+    "aux_loss_layers": None,
+}
+
+
 def test_task_builds_both_styles_and_rejects_bad_values() -> None:
-    maft = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "model" / "maft.yaml"))
-    freeseg = {**CRITERION_DEFAULTS, **maft["proposal_train"]["criterion"]}
+    freeseg = dict(CRITERION_DEFAULTS)  # the schema's default: FreeSeg's loss
     crit = ProposalTask._build_criterion(freeseg, 3)
     assert (crit.mask_loss, crit.num_points, crit.aux_loss_layers) == ("focal", None, -1)
     assert (crit.matcher.mask_cost, crit.matcher.match_resolution) == ("focal", "prediction")
     assert (crit.matcher.cost_class, crit.matcher.cost_mask, crit.matcher.cost_dice) == (1, 20, 5)
     assert crit.weights == {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 5.0}
-    old = ProposalTask._build_criterion(dict(CRITERION_DEFAULTS), 3)  # today's defaults
+    old = ProposalTask._build_criterion(MASK2FORMER, 3)
     assert (old.mask_loss, old.num_points, old.aux_loss_layers) == ("bce", 12544, None)
     assert (old.matcher.mask_cost, old.matcher.num_points) == ("bce", 12544)
     bad = [
@@ -299,10 +309,9 @@ def test_task_builds_both_styles_and_rejects_bad_values() -> None:
 
 
 def test_configs_set_freeseg_for_real_runs_and_pin_mask2former_for_the_world() -> None:
-    maft = OmegaConf.load(Path(CONFIG_DIR) / "model" / "maft.yaml").proposal_train.criterion
+    maft = compose([]).model.proposal_train.criterion
     assert {k: maft[k] for k in (*FREESEG, *MASKFORMER)} == {**FREESEG, **MASKFORMER}
     assert (maft.class_weight, maft.mask_weight, maft.dice_weight, maft.eos_coef) == (1, 20, 5, 0.1)
     assert maft.deep_supervision is True and maft.aux_loss_layers == -1
-    world = OmegaConf.load(Path(CONFIG_DIR) / "experiment" / "world.yaml")
-    pinned = OmegaConf.to_container(world.model.proposal_train.criterion)
-    assert pinned == {**CRITERION_DEFAULTS, "num_points": 1024}
+    world = compose(["experiment=world"]).model.proposal_train.criterion
+    assert OmegaConf.to_container(world) == {**MASK2FORMER, "num_points": 1024}

@@ -84,6 +84,8 @@ def _trainer(steps: int, callbacks: list, tmp_path) -> L.Trainer:
         check_val_every_n_epoch=10**6,
         callbacks=callbacks,
         default_root_dir=tmp_path,
+        gradient_clip_val=0.01,  # the recipe's grad_clip, as the runner passes it
+        gradient_clip_algorithm="norm",
     )
 
 

@@ -109,22 +109,23 @@ def _trainer(tmp_path: Path, steps: int = 1) -> L.Trainer:
 
 
 def test_recipe_defaults_match_the_release() -> None:
-    stage1 = OmegaConf.load(Path(CONFIG_DIR) / "model" / "maft.yaml").proposal_train
+    stage1 = compose([]).model.proposal_train
     official = {"lr": LR, "weight_decay": WD, "backbone_lr_mult": BACKBONE_MULT}
     official |= {"poly_power": 0.9, "grad_clip": 0.01}
     assert {k: OPTIM_DEFAULTS[k] for k in official} == official
     assert {k: stage1.optim[k] for k in official} == official
     assert stage1.max_steps == 60000
     losses = {"class_weight": 1.0, "mask_weight": 20.0, "dice_weight": 5.0, "eos_coef": 0.1}
-    losses |= {"num_points": 12544, "oversample_ratio": 3.0, "importance_sample_ratio": 0.75}
+    losses |= {"oversample_ratio": 3.0, "importance_sample_ratio": 0.75}
     losses |= {"deep_supervision": True}
-    assert {k: CRITERION_DEFAULTS[k] for k in losses} == losses  # code default: Mask2Former
+    assert {k: CRITERION_DEFAULTS[k] for k in losses} == losses
     # real-scale default: FreeSeg's loss (MaskFormer matcher and criterion, mask_former_model.py)
     freeseg = {"cost_class": 1.0, "cost_mask": 20.0, "cost_dice": 5.0, "class_weight": 1.0}
     freeseg |= {"mask_weight": 20.0, "dice_weight": 5.0, "eos_coef": 0.1, "mask_loss": "focal"}
     freeseg |= {"num_points": None, "match_resolution": "prediction", "deep_supervision": True}
     freeseg |= {"aux_loss_layers": -1}
     assert {k: stage1.criterion[k] for k in freeseg} == freeseg
+    assert {k: CRITERION_DEFAULTS[k] for k in freeseg} == freeseg  # the schema default
     released = OmegaConf.load(Path(CONFIG_DIR) / "model" / "proposals" / "freeseg_r101.yaml")
     assert released.freeze_at == 0 and released.backbone_weights is None
     assert released.enc_dropout == 0.1 and released.interaction_dropout == 0.1

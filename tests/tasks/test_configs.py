@@ -22,13 +22,14 @@ from .conftest import TINY_DATA, TINY_MODEL
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 BENCHMARKS = ["coco_stuff_171", "voc_20", "ade20k_847", "ade20k_150", "pcontext_59", "pcontext_459"]
 WORLD = {"world", "world_quick", "smoke"}
+FOLDER = {"folder_cpu"}  # a user's folder: data.root names it
 
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every benchmark in its real on-disk layout under one MAFT_DATA_ROOT."""
     root = tmp_path_factory.mktemp("benchmarks")
-    for b in BENCHMARKS:
+    for b in [*BENCHMARKS, "folder"]:
         write_benchmark(root, b, n_images=3, size=(64, 64), seed=1)
     return root
 
@@ -37,6 +38,8 @@ def experiment_overrides(name: str, data_root: Path, tmp: Path) -> list[str]:
     over = [f"experiment={name}", f"paths.cache_dir={tmp / 'cache'}", *TINY_MODEL]
     if name not in WORLD:
         over += [f"paths.data_root={data_root}", *TINY_DATA]
+    if name in FOLDER:
+        over.append(f"data.root={data_root / 'folder'}")
     return over
 
 
@@ -54,7 +57,7 @@ def test_experiment_composes_and_instantiates(name: str, data_root: Path, tmp_pa
     assert dm.test_vocabularies and len(dm.test_names) == len(dm.test_vocabularies)
     if "proposals" in cfg.stages or "proposals" in cfg.evaluate:
         task = build_proposal_task(cfg, vocab)
-        assert task.hparams["class_names"] == vocab.names
+        assert task.vocab == vocab and task.hparams["vocabulary"] == vocab.to_dict()
     if "maft" in cfg.stages or any(r.startswith("frozen") for r in cfg.evaluate):
         task = build_maft_task(cfg, vocab, None)
         assert task.vocab == vocab

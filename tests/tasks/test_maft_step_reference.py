@@ -1,4 +1,4 @@
-"""One MAFT training step against a step-by-step float64 reference (spec §b.1, §c.1-§c.3).
+"""One MAFT training step against a step-by-step float64 reference (docs/method.md §3.1, §5.2-§5.4).
 
 The reference recomputes ``MaftTask.compute_losses`` from the task's own sub-modules but by a
 separate route: the frozen generator's mask logits -> bilinear upsample (``align_corners=True``)
@@ -86,7 +86,7 @@ def _probs(emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 def reference_losses(
     task: MaftTask, original: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], nn.Module]:
-    """L_ma, L_dis, L = L_ma + w L_dis of one step in float64 (spec §c), and the student copy."""
+    """L_ma, L_dis and L = L_ma + w L_dis of one step in float64 (method §5), and the student."""
     images, label = batch["image"], batch["label"]
     vocab = Vocabulary.from_names(NAMES, seen=SEEN)
     seen_ids = [i for i, s in enumerate(SEEN) if s]

@@ -1,4 +1,4 @@
-"""LightningDataModules for every benchmark and for custom folders (spec §d.2, §d.3, §e).
+"""LightningDataModules for every benchmark and for custom folders (docs/method.md §6.2, §4.4, §7).
 
 One instance serves both tasks (proposal generator and MAFT): it only yields batches of
 :class:`~maft.data.collate.SemSegCollate`. ``test_sets`` turns on the cross-dataset protocol:
@@ -26,6 +26,7 @@ from maft.data.collate import SemSegCollate
 from maft.data.dataset import SemSegDataset, folder_vocabulary
 from maft.data.transforms import DEFAULT_SHORT_SIDES, build_test_transform, build_train_transform
 from maft.data.vocabulary import Vocabulary
+from maft.distributed import sharded_loader
 from maft.errors import ConfigError
 
 _TEST_SET_KEYS = {"benchmark", "root", "layout", "split", "name"}
@@ -261,7 +262,7 @@ class SemSegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, cropped to ``crop_size`` (spec §d.2)."""
+        """Shuffled training batches, cropped to ``crop_size`` (docs/method.md §6.2)."""
         return self._loader(self.train_dataset, self.batch_size, self.vocabulary.ignore_index, True)
 
     def val_dataloader(self) -> DataLoader:
@@ -270,11 +271,15 @@ class SemSegDataModule(L.LightningDataModule):
         return self._loader(self.val_dataset, self.val_batch_size, ignore, False)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        """One loader (val split) or, with ``test_sets``, a list aligned with ``test_names``."""
+        """One loader (val split) or, with ``test_sets``, a list aligned with ``test_names``.
+
+        Samples are drawn through :class:`~maft.distributed.RankShardSampler` (test with
+        ``use_distributed_sampler=False``).
+        """
         if not self.test_datasets:
             raise ConfigError(f"{type(self).__name__}.setup('test') has not been called")
-        loaders = [
-            self._loader(ds, self.val_batch_size, v.ignore_index, False)
+        loaders = [  # under DDP each rank scores its own share, every image once
+            sharded_loader(self._loader(ds, self.val_batch_size, v.ignore_index, False))
             for ds, v in zip(self.test_datasets, self.test_vocabularies)
         ]
         return loaders if self.test_sets else loaders[0]

@@ -1,8 +1,7 @@
 """Class vocabularies: ordered class names plus a seen/unseen mask (the one source of classes).
 
-Benchmark class lists and zero-shot splits come only from the packaged ``metadata/benchmarks.json``
-(see ``shared/reference/benchmarks.json``). A user's own vocabulary comes from a list of names or a
-text file.
+Benchmark class lists and zero-shot splits come only from the packaged
+``metadata/benchmarks.json``. A user's own vocabulary comes from a list of names or a text file.
 
 Text-file format (``Vocabulary.from_file``)::
 
@@ -101,6 +100,10 @@ def _split_list(text: str) -> list[str]:
     return out
 
 
+#: Split names a run may ask for (see :meth:`Vocabulary.resolve`).
+SPLITS = ("default", "zero_shot", "from_file", "all_seen", None)
+
+
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
     """Ordered class names, which of them are seen in training, and the dataset's ignore value."""
@@ -157,6 +160,42 @@ class Vocabulary:
                 f"unknown split {split!r} for {benchmark!r}; valid splits: 'zero_shot', None"
             )
         return cls(names, seen, int(info["ignore_label"]), benchmark=benchmark, split=split)
+
+    @classmethod
+    def resolve(
+        cls, benchmark: str, root: str | Path | None = None, split: str | None = "default"
+    ) -> Vocabulary:
+        """The vocabulary of a run's data, once: a packaged benchmark, a folder or the world.
+
+        ``split`` (one of :data:`SPLITS`): ``default`` is the data's own split (the packaged
+        zero-shot split when the benchmark has one, else none; the ``| unseen`` markers of
+        ``root/classes.txt`` for ``folder``; the world's unseen classes for ``world``);
+        ``zero_shot`` / ``from_file`` ask for that split explicitly; ``None`` or ``all_seen``:
+        no split (every class seen, ``has_split`` False).
+        """
+        if split not in SPLITS:
+            raise VocabularyError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+        no_split = split in (None, "all_seen")
+        if benchmark == "folder":
+            if root is None:
+                raise VocabularyError("data=folder needs its root folder (data.root=...)")
+            from maft.data.dataset import folder_vocabulary
+
+            own = folder_vocabulary(root)  # classes.txt, with its "| unseen" markers
+        elif benchmark == "world":
+            from maft.world.writer import world_vocabulary
+
+            own = world_vocabulary()
+        else:
+            if no_split:
+                return cls.from_benchmark(benchmark, None)
+            has_split = bool(benchmark_info(benchmark).get("zero_shot_split"))
+            if split == "default" and not has_split:
+                return cls.from_benchmark(benchmark, None)
+            return cls.from_benchmark(benchmark, "zero_shot")
+        seen = torch.ones(len(own.names), dtype=torch.bool) if no_split else own.seen
+        name = None if no_split else "from_file"
+        return cls(own.names, seen, own.ignore_index, benchmark=benchmark, split=name)
 
     @classmethod
     def from_names(

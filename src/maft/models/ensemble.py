@@ -60,7 +60,7 @@ def ensemble_scores(
     A_c: torch.Tensor,
     seen: torch.Tensor | None,
     lam: float,
-    form: str = "code",
+    form: str,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Combine proposal and CLIP class probabilities per proposal (§4.2).

@@ -1,15 +1,15 @@
 """ZeroShotSegmenter: image -> proposals -> CLIP scores A^c -> ensemble -> per-pixel classes.
 
-One pure ``nn.Module`` for evaluation, prediction and visualisation (spec §a.1-§a.5, §b.1, §d.3):
+One pure ``nn.Module`` for evaluation, prediction and visualisation (docs/method.md §1-§4):
 
 1. the proposal generator gives mask logits ``[B, N, H/4, W/4]`` and ``A^p`` (void dropped after
-   the softmax, §a.1) over the current vocabulary's text embeddings;
+   the softmax, §2.1) over the current vocabulary's text embeddings;
 2. the mask logits are upsampled (bilinear, ``mask_align_corners``) to the padded canvas and
-   squashed with a sigmoid: soft masks ``M`` (§b.1);
-3. ``A^c`` comes from IP-CLIP on the canvas resized to ``input_size`` (§b.1) or from one of the
-   merge operations (frozen-CLIP baselines, §a.2); ``A^c = softmax(100 <e, T>)`` over the C classes;
-4. ``Â = ensemble(A^p, A^c)`` (§a.4), ``O = Â^T M`` cropped to the valid region and resized back to
-   the original image size (§a.5); argmax gives the label map.
+   squashed with a sigmoid: soft masks ``M`` (§3.1);
+3. ``A^c`` comes from IP-CLIP on the canvas resized to ``input_size`` (§3.1) or from one of the
+   merge operations (frozen-CLIP baselines, §2.3); ``A^c = softmax(100 <e, T>)`` over the C classes;
+4. ``Â = ensemble(A^p, A^c)`` (§4.2), ``O = Â^T M`` cropped to the valid region and resized back to
+   the original image size (§4.3, §4.4); argmax gives the label map.
 
 The output carries its geometry (canvas, valid and original sizes, the segmenter's
 ``mask_align_corners``), so :func:`proposal_masks` and :func:`describe_proposals` show each
@@ -84,14 +84,15 @@ class ZeroShotSegmenter(nn.Module):
         *,
         start_layer: int,
         input_size: int,
-        classifier: str = "ip_clip",
-        merge_variant: str = "zegformer",
-        lambda_: float = 0.0,
-        form: str = "code",
-        drop_invalid: bool = False,
+        classifier: str,
+        merge_variant: str,
+        lambda_: float,
+        form: str,
+        drop_invalid: bool,
+        mask_align_corners: bool,
         merge_chunk: int = 64,
-        mask_align_corners: bool = True,
     ) -> None:
+        """Every setting is given by the caller (defaults: ``maft.schema.ModelCfg``)."""
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
@@ -107,7 +108,8 @@ class ZeroShotSegmenter(nn.Module):
         self.form = form
         self.drop_invalid = drop_invalid
         self.merge_chunk = merge_chunk
-        self.mask_align_corners = mask_align_corners  # MAFT/FreeSeg upsample with True (§a.1)
+        # MAFT/FreeSeg upsample with True (docs/method.md §4.3)
+        self.mask_align_corners = mask_align_corners
 
     def stretch(self, canvas: torch.Tensor) -> torch.Tensor:
         """The whole normalised canvas [B, 3, H, W] resized to the square IP-CLIP input."""
@@ -214,7 +216,7 @@ def proposal_masks(out: SegmenterOutput, index: int = 0, full_size: bool = True)
     """Soft proposal masks of image ``index``: ``[N, H0, W0]``, or ``[N, rows, cols]`` (the
     mask-logit cells inside the image, ``full_size=False``).
 
-    Same path as the scores (§a.5): bilinear to the canvas with the segmenter's
+    Same path as the scores (docs/method.md §4.3): bilinear to the canvas with the segmenter's
     ``mask_align_corners``, crop to the valid region, bilinear to the original size, sigmoid.
     """
     logits = out.mask_logits[index : index + 1].float()  # [1, N, h4, w4]

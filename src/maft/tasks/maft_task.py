@@ -1,29 +1,30 @@
-"""MaftTask: mask-aware fine-tuning of CLIP's image encoder via IP-CLIP (stage 2, spec §c, §d.2).
+"""MaftTask: mask-aware fine-tuning of CLIP's image encoder via IP-CLIP (docs/method.md §5).
 
 Builds from plain hyperparameters (so checkpoints load with ``weights_only=True``):
 
 - a frozen proposal generator (weights from a ProposalTask checkpoint, or carried in this task's
   own checkpoint once trained);
 - an open_clip CLIP whose text tower is frozen and whose visual tower is the IP-CLIP *student*:
-  only ``attn`` (in_proj, out_proj), ``ln_1``, ``ln_2`` of every block and ``ln_post`` train (§c.4);
-- a frozen copy of the original visual tower: the self-distillation *teacher* (§c.2), also the
+  only ``attn`` (in_proj, out_proj), ``ln_1``, ``ln_2`` of every block and ``ln_post`` train
+  (docs/method.md §5.5);
+- a frozen copy of the original visual tower: the self-distillation *teacher* (§5.3), also the
   encoder of the frozen-CLIP baselines.
 
-Loss ``L = L_ma + w_dis · L_dis`` (§c.3). Evaluation runs the :class:`ZeroShotSegmenter` in one
+Loss ``L = L_ma + w_dis · L_dis`` (§5.4). Evaluation runs the :class:`ZeroShotSegmenter` in one
 of the modes ``maft`` (student IP-CLIP), ``frozen_ip_clip`` (teacher IP-CLIP) or ``frozen_merge``
-(teacher on merged sub-images, §a.2).
+(teacher on merged sub-images, §2.3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,22 +32,17 @@ from torch import nn
 from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError
 from maft.losses.maft_losses import mask_aware_loss, self_distillation_loss
-from maft.metrics import ZeroShotSegMetrics
 from maft.models.clip import TextClassifier, build_clip, get_tokenizer
 from maft.models.clip.ip_clip import IPClipEncoder
 from maft.models.proposals import build_generator
 from maft.models.segmenter import ZeroShotSegmenter
-from maft.tasks.common import (
-    EVAL_MODES,
-    load_generator_weights,
-    poly_lambda,
-    read_lightning_checkpoint,
-    segmentation_targets,
-)
+from maft.schema import ClipCfg, EnsembleCfg, MaftRecipe, ModelCfg, filled
+from maft.tasks.base import SegmentationTask, poly_schedule
+from maft.tasks.common import EVAL_MODES, load_generator_weights, read_lightning_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: Parameters of the visual tower that MAFT trains (§c.4); everything else stays frozen.
+#: Parameters of the visual tower that MAFT trains (docs/method.md §5.5); the rest stays frozen.
 TRAINABLE_PATTERNS = {
     "maft": (
         r"^transformer\.resblocks\.\d+\.attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$",
@@ -56,20 +52,11 @@ TRAINABLE_PATTERNS = {
     "all": (r".*",),
 }
 
-DEFAULT_MAFT = {
-    "dis_weight": 0.1,  # official code; the paper says 1.0 (§c.3, §g.1)
-    "lr": 1e-5,
-    "weight_decay": 1e-4,  # official code; the paper says 1e-5 (§g.2)
-    "schedule": "poly",  # poly (power 0.9) or constant, after the warm-up
-    "poly_power": 0.9,
-    "warmup_steps": 0,
-    "grad_clip": 0.01,  # global L2 norm over the trainable parameters
-    "max_steps": 1000,
-    "trainable": "maft",
-}
+#: Defaults of the inference settings (one source: maft.schema.ModelCfg).
+_MODEL = ModelCfg()
 
 
-class MaftTask(L.LightningModule):
+class MaftTask(SegmentationTask):
     """Stage 2 of MAFT plus the frozen-CLIP baselines, all evaluated through ZeroShotSegmenter."""
 
     def __init__(
@@ -80,11 +67,11 @@ class MaftTask(L.LightningModule):
         generator: dict[str, Any],
         maft: dict[str, Any] | None = None,
         ensemble: dict[str, Any] | None = None,
-        classifier: str = "ip_clip",
-        merge: str = "mask_crop",
-        merge_variant: str = "zegformer",
-        drop_invalid: bool = False,
-        mask_align_corners: bool = True,
+        classifier: str = _MODEL.classifier,
+        merge: str = _MODEL.merge,
+        merge_variant: str = _MODEL.merge_variant,
+        drop_invalid: bool = _MODEL.drop_invalid,
+        mask_align_corners: bool = _MODEL.mask_align_corners,
         proposals_ckpt: str | None = None,
         eval_mode: str = "maft",
         generator_train_mode: bool | None = None,
@@ -93,16 +80,11 @@ class MaftTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_dict(vocabulary)
-        unknown = set(maft or {}) - set(DEFAULT_MAFT)
-        if unknown:
-            raise ConfigError(
-                f"unknown model.maft keys {sorted(unknown)}; valid: {sorted(DEFAULT_MAFT)}"
-            )
-        self.recipe = {**DEFAULT_MAFT, **(maft or {})}
-        ens = {"lambda_": 0.0, "form": "code", **(ensemble or {})}
+        self.recipe = filled(MaftRecipe, maft, "model.maft")
+        ens = filled(EnsembleCfg, ensemble, "model.ensemble")
         self.lambda_, self.form = float(ens["lambda_"]), str(ens["form"])
         self.eval_mode = eval_mode
-        self.clip_cfg = dict(clip)
+        self.clip_cfg = filled(ClipCfg, clip, "model.clip")
 
         model, self.norm = build_clip(
             clip["name"],
@@ -120,27 +102,33 @@ class MaftTask(L.LightningModule):
         self.generator_train_mode = bool(generator_train_mode)
         if proposals_ckpt:
             load_generator_weights(self.generator, proposals_ckpt, generator)
-        self.start_layer = int(clip.get("start_layer", 0))
-        self.input_size = int(clip.get("input_size", self.norm.image_size))
         self._set_trainable(self.recipe["trainable"])
+        self._segmenters: dict[tuple, ZeroShotSegmenter] = {}
+        self._set_ip_clip(self.clip_cfg["start_layer"], self.clip_cfg["input_size"])
+        self.__dict__["text"] = TextClassifier(model, get_tokenizer(clip["name"]))
+        self._train_cache: dict[tuple, torch.Tensor] = {}  # frozen text side: computed once
+
+    def _set_ip_clip(self, start_layer: int, input_size: int) -> None:
+        """IP-CLIP views of the student and the teacher from ``start_layer``, at ``input_size``."""
+        self.start_layer, self.input_size = int(start_layer), int(input_size)
         # Not registered as submodules: both wrap clip_model's own weights (no duplicate keys).
-        self.__dict__["student"] = IPClipEncoder.from_open_clip(model.visual, self.start_layer)
-        # The teacher runs IP-CLIP's mask-free path: positional grid resized to any input (§b.2).
+        self.__dict__["student"] = IPClipEncoder.from_open_clip(
+            self.clip_model.visual, self.start_layer
+        )
+        # The teacher runs IP-CLIP's mask-free path: positional grid resized to any input
+        # (docs/method.md §3.6).
         self.__dict__["teacher"] = IPClipEncoder.from_open_clip(
             self.teacher_visual, self.start_layer
         )
-        self.__dict__["text"] = TextClassifier(model, get_tokenizer(clip["name"]))
-        self._segmenters: dict[tuple, ZeroShotSegmenter] = {}
-        self._train_cache: dict[tuple, torch.Tensor] = {}  # frozen text side: computed once
-        self.eval_vocabularies: list[Vocabulary] = [self.vocab]
-        self.eval_names: list[str] = [self.vocab.benchmark or "val"]
-        self.results: dict[str, dict[str, float]] = {}
+        self._segmenters.clear()
 
     # ------------------------------------------------------------------ inference settings
     #: Settings a loaded task may change for inference (and where each lives in the hparams).
     INFERENCE_SETTINGS = (
         "lambda_",
         "form",
+        "start_layer",
+        "input_size",
         "classifier",
         "merge",
         "merge_variant",
@@ -164,8 +152,13 @@ class MaftTask(L.LightningModule):
         for key, value in settings.items():
             if key in ("lambda_", "form"):
                 ens[key] = value
+            elif key in ("start_layer", "input_size"):
+                self.clip_cfg[key] = int(value)
+                self.hparams["clip"] = {**self.hparams["clip"], key: int(value)}
             else:
                 self.hparams[key] = value
+        if {"start_layer", "input_size"} & set(settings):
+            self._set_ip_clip(self.clip_cfg["start_layer"], self.clip_cfg["input_size"])
         self.hparams["ensemble"] = {"lambda_": self.lambda_, "form": self.form, **ens}
         self.lambda_ = float(self.hparams["ensemble"]["lambda_"])
         self.form = str(self.hparams["ensemble"]["form"])
@@ -173,7 +166,7 @@ class MaftTask(L.LightningModule):
 
     # ------------------------------------------------------------------ construction helpers
     def _set_trainable(self, which: str) -> None:
-        """Freeze everything, then unfreeze the visual parameters of §c.4."""
+        """Freeze everything, then unfreeze the visual parameters of docs/method.md §5.5."""
         if which not in TRAINABLE_PATTERNS:
             raise ConfigError(f"model.maft.trainable must be one of {sorted(TRAINABLE_PATTERNS)}")
         self.clip_model.requires_grad_(False)
@@ -219,13 +212,13 @@ class MaftTask(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def clip_canvas(self, images: torch.Tensor) -> torch.Tensor:
-        """0-255 canvas [B,3,H,W] -> CLIP-normalised [B,3,S,S] at the IP-CLIP size (§b.1)."""
+        """0-255 canvas [B,3,H,W] -> CLIP-normalised [B,3,S,S] at the IP-CLIP size (method §3.1)."""
         x = self.norm.normalize(images.float())
         size = (self.input_size, self.input_size)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """L_ma, L_dis and their weighted sum for one batch (§c.1-§c.3)."""
+        """L_ma, L_dis and their weighted sum for one batch (docs/method.md §5.2-§5.4)."""
         images, label = batch["image"], batch["label"]
         t_train = self.train_embeddings()  # [S, D]
         with torch.no_grad():
@@ -275,23 +268,9 @@ class MaftTask(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(self.recipe["lr"]))
-        fn = poly_lambda(
-            int(self.recipe["max_steps"]),
-            float(self.recipe["poly_power"]) if self.recipe["schedule"] == "poly" else 0.0,
-            int(self.recipe["warmup_steps"]),
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        """Clip the global L2 norm of the trainable parameters (official: full model, 0.01)."""
-        clip = self.recipe["grad_clip"]
-        if clip:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=float(clip), gradient_clip_algorithm="norm"
-            )
+        power = float(self.recipe["poly_power"]) if self.recipe["schedule"] == "poly" else 0.0
+        sched = poly_schedule(opt, self.recipe["max_steps"], power, self.recipe["warmup_steps"])
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     # ------------------------------------------------------------------ evaluation
     def segmenter(self, mode: str | None = None) -> ZeroShotSegmenter:
@@ -301,7 +280,9 @@ class MaftTask(L.LightningModule):
             raise ConfigError(f"unknown evaluation mode {mode!r}; valid: {EVAL_MODES}")
         visual = self.clip_model.visual if mode == "maft" else self.teacher_visual
         classifier = self.hparams.merge if mode == "frozen_merge" else self.hparams.classifier
-        key = (mode, classifier, self.lambda_, self.form)
+        hp = self.hparams
+        key = (mode, classifier, hp.merge_variant, self.lambda_, self.form, hp.drop_invalid)
+        key += (hp.mask_align_corners, self.start_layer, self.input_size)
         if key not in self._segmenters:
             self._segmenters[key] = ZeroShotSegmenter(
                 self.generator,
@@ -319,57 +300,31 @@ class MaftTask(L.LightningModule):
             )
         return self._segmenters[key]
 
-    def _start_metrics(self, vocabs: list[Vocabulary]) -> None:
-        self._metrics = [
-            ZeroShotSegMetrics(
-                num_classes=v.num_classes,
-                seen=v.seen if v.has_split else None,
-                ignore_index=v.ignore_index,
-            ).to(self.device)
-            for v in vocabs
-        ]
+    @contextlib.contextmanager
+    def evaluating(self, mode: str) -> Iterator[MaftTask]:
+        """Evaluate in ``mode`` (maft | frozen_ip_clip | frozen_merge) inside the block."""
+        if mode not in EVAL_MODES:
+            raise ConfigError(f"unknown evaluation mode {mode!r}; valid: {EVAL_MODES}")
+        before, self.eval_mode = self.eval_mode, mode
+        try:
+            yield self
+        finally:
+            self.eval_mode = before
 
-    def _eval_step(self, batch: dict[str, Any], idx: int, vocabs: list[Vocabulary]) -> None:
-        vocab = vocabs[idx]
-        seg = self.segmenter()
-        out = seg(
+    def default_eval_set(self) -> tuple[str, Vocabulary]:
+        """The training vocabulary (seen and unseen classes), named by its benchmark."""
+        return self.vocab.benchmark or "test", self.vocab
+
+    def predict_labels(self, batch: dict[str, Any], vocab: Vocabulary) -> list[torch.Tensor]:
+        """Label maps of the segmenter of the current evaluation mode over ``vocab``."""
+        out = self.segmenter()(
             batch["image"],
             self.text_embeddings(vocab),
             vocab.seen.to(self.device) if vocab.has_split else None,
             batch["valid_size"],
             batch["orig_size"],
         )
-        self.last_val_predictions = out.labels  # for the validation-panel callback
-        for pred, target in segmentation_targets(out.labels, batch):
-            self._metrics[idx].update(pred[None], target[None])
-
-    def _finish(self, stage: str, names: list[str]) -> None:
-        for name, metric in zip(names, self._metrics):
-            r = metric.compute()
-            prefix = f"{stage}/{name}" if len(names) > 1 else stage
-            for k, v in r.items():
-                if isinstance(v, float) and not math.isnan(v):
-                    self.log(f"{prefix}/{k}", v, sync_dist=False)
-            self.results[name] = r
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_metrics([self.vocab])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, 0, [self.vocab])
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val", ["val"])
-
-    def on_test_epoch_start(self) -> None:
-        self._start_metrics(self.eval_vocabularies)
-        self.results = {}
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, self.eval_vocabularies)
-
-    def on_test_epoch_end(self) -> None:
-        self._finish("test", self.eval_names)
+        return out.labels
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -1,4 +1,4 @@
-"""Stage-1 LightningModule: train the proposal generator on seen classes (§a.1, §d.1).
+"""Stage-1 LightningModule: train the proposal generator on seen classes (docs/method.md §6.1).
 
 Hyperparameters are plain data; the task builds the generator, the Hungarian set criterion and
 the frozen CLIP text embeddings of the vocabulary (kept as a buffer; the CLIP model itself is not
@@ -7,50 +7,29 @@ kept). Validation runs semantic inference with A^p over the seen classes and log
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError
 from maft.losses.matcher import MASK_LOSSES, MATCH_RESOLUTIONS, HungarianMatcher
 from maft.losses.set_criterion import SetCriterion, targets_from_label
-from maft.metrics import ZeroShotSegMetrics
 from maft.models.inference import postprocess_to_original, semantic_scores
 from maft.models.proposals import build_generator, proposal_scores
-from maft.tasks.common import segmentation_targets
+from maft.schema import ClipCfg, CriterionCfg, ProposalOptimCfg
+from maft.tasks.base import SegmentationTask, poly_schedule
 
-# Mask2Former's loss (point-sampled BCE, every aux prediction); checkpoints saved before the
-# mask_loss / match_resolution / aux_loss_layers keys existed load with these values.
-# conf/model/maft.yaml sets FreeSeg's MaskFormer loss instead (see SetCriterion).
-CRITERION_DEFAULTS: dict[str, Any] = {
-    "cost_class": 2.0,
-    "cost_mask": 5.0,
-    "cost_dice": 5.0,
-    "class_weight": 1.0,
-    "mask_weight": 20.0,
-    "dice_weight": 5.0,
-    "eos_coef": 0.1,
-    "mask_loss": "bce",  # bce (Mask2Former) | focal (MaskFormer/FreeSeg); matcher cost and loss
-    "num_points": 12544,  # null: every pixel (MaskFormer)
-    "match_resolution": "target",  # num_points null: match at the target | prediction grid
-    "oversample_ratio": 3.0,
-    "importance_sample_ratio": 0.75,
-    "deep_supervision": True,
-    "aux_loss_layers": None,  # null: every aux prediction; n: aux[:n] (-1: all but the last)
-}
-OPTIM_DEFAULTS: dict[str, Any] = {
-    "lr": 1.5e-4,
-    "weight_decay": 1.5e-4,
-    "backbone_lr_mult": 0.1,
-    "poly_power": 0.9,
-    "max_steps": None,
-    "grad_clip": 0.01,
-}
-CLIP_DEFAULTS: dict[str, Any] = {"name": "ViT-B-16", "pretrained": None, "arch": None}
+#: Defaults of the stage-1 recipe: one source, maft.schema (CriterionCfg: FreeSeg's loss as the
+#: released generator was trained; ProposalOptimCfg). ``optim`` also carries the stage's max_steps.
+CRITERION_DEFAULTS: dict[str, Any] = dataclasses.asdict(CriterionCfg())
+OPTIM_DEFAULTS: dict[str, Any] = {**dataclasses.asdict(ProposalOptimCfg()), "max_steps": None}
+#: CLIP of the text embeddings: name, weights (null: random) and an architecture read from weights.
+CLIP_DEFAULTS: dict[str, Any] = {"name": ClipCfg.name, "pretrained": None, "arch": None}
 # Weight decay 0 (WEIGHT_DECAY_NORM, WEIGHT_DECAY_EMBED) for parameters of norm and embedding
 # modules, as in FreeSeg's and Mask2Former's build_optimizer (FrozenBN has buffers only).
 NO_DECAY_MODULES = (
@@ -130,7 +109,7 @@ def check_criterion(cfg: Mapping[str, Any]) -> None:
 def build_text_embeddings(
     name: str, pretrained: str | None, class_names: list[str], arch: dict | None = None
 ) -> torch.Tensor:
-    """Frozen CLIP text embeddings [C, D] (L2-normalised, §a.3) of the vocabulary."""
+    """Frozen CLIP text embeddings [C, D] (L2-normalised, docs/method.md §2.2) of the vocabulary."""
     from maft.models.clip import TextClassifier, build_clip, get_tokenizer
 
     model, _ = build_clip(name, pretrained, model_cfg=arch)
@@ -138,32 +117,52 @@ def build_text_embeddings(
     return F.normalize(emb.detach().float().cpu(), dim=-1)
 
 
-class ProposalTask(L.LightningModule):
-    """Mask2Former-style proposal generator trained with the set criterion on seen classes."""
+def _vocabulary(
+    vocabulary: Mapping | None,
+    class_names: Sequence[str] | None,
+    seen: Sequence[bool] | None,
+    ignore_index: int,
+) -> Vocabulary:
+    """The task's vocabulary from its dict form (``Vocabulary.to_dict``) or the older fields."""
+    if vocabulary is not None:
+        return Vocabulary.from_dict(_plain(vocabulary))
+    names = [str(n) for n in _plain(class_names or [])]
+    flags = [True] * len(names) if seen is None else [bool(s) for s in _plain(seen)]
+    if not names or len(flags) != len(names):
+        raise ConfigError(
+            f"ProposalTask: need >= 1 class name and a seen flag per class (got {len(names)} "
+            f"names, {len(flags)} flags)"
+        )
+    return Vocabulary(names, torch.tensor(flags, dtype=torch.bool), int(ignore_index))
+
+
+class ProposalTask(SegmentationTask):
+    """Mask2Former-style proposal generator trained with the set criterion on seen classes.
+
+    Takes the vocabulary as MaftTask does (``Vocabulary.to_dict()``); ``class_names`` / ``seen``
+    / ``ignore_index`` are the older form, still read from earlier checkpoints.
+    """
 
     def __init__(
         self,
         *,
-        class_names: list[str],
-        seen: list[bool] | None = None,
-        ignore_index: int = 255,
+        vocabulary: dict | None = None,
         clip: dict | None = None,
         generator: dict | None = None,
         criterion: dict | None = None,
         optim: dict | None = None,
+        class_names: list[str] | None = None,
+        seen: list[bool] | None = None,
+        ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        class_names = [str(n) for n in _plain(class_names)]
-        seen = [True] * len(class_names) if seen is None else [bool(s) for s in _plain(seen)]
-        if not class_names or len(seen) != len(class_names) or not any(seen):
-            raise ConfigError(
-                f"ProposalTask: need >= 1 class name and a seen flag per class with at least one "
-                f"seen class (got {len(class_names)} names, {len(seen)} flags)"
-            )
+        self.vocab = _vocabulary(vocabulary, class_names, seen, ignore_index)
+        if not bool(self.vocab.seen.any()):
+            raise ConfigError("ProposalTask: the vocabulary has no seen class to train on")
+        class_names = list(self.vocab.names)
+        seen = [bool(f) for f in self.vocab.seen.tolist()]
         hparams = {
-            "class_names": class_names,
-            "seen": seen,
-            "ignore_index": int(ignore_index),
+            "vocabulary": self.vocab.to_dict(),
             "clip": _merge(CLIP_DEFAULTS, clip, "clip"),
             "generator": _plain(generator or {}),
             "criterion": _merge(CRITERION_DEFAULTS, criterion, "criterion"),
@@ -184,7 +183,6 @@ class ProposalTask(L.LightningModule):
         self.register_buffer("class_map", class_map, persistent=False)  # full id -> seen id
         self.generator = self._build_generator(hparams["generator"], text.shape[1])
         self.criterion = self._build_criterion(hparams["criterion"], int(seen_t.sum()))
-        self._val_conf: torch.Tensor | None = None
 
     @staticmethod
     def _build_generator(kwargs: dict, clip_dim: int) -> nn.Module:
@@ -235,7 +233,7 @@ class ProposalTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Set-criterion loss of one batch with per-class binary targets in seen index space."""
         targets = [
-            targets_from_label(label, self.hparams.ignore_index, self.class_map)
+            targets_from_label(label, self.vocab.ignore_index, self.class_map)
             for label in batch["label"]
         ]
         losses = self.criterion(self(batch["image"]), targets)
@@ -252,7 +250,9 @@ class ProposalTask(L.LightningModule):
         valid_size: torch.Tensor | None = None,
         orig_size: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Seen-class label maps (benchmark ids) at the original size: argmax Σ_q A^p σ(M_q), §a.5.
+        """Seen-class label maps (benchmark ids) at the original size: argmax Σ_q A^p σ(M_q).
+
+        The semantic output of docs/method.md §4.3.
 
         Upsampling uses ``align_corners=False`` as Mask2Former's training and inference do (the
         point-sampled losses follow that convention); FreeSeg's MAFT path uses True.
@@ -274,43 +274,25 @@ class ProposalTask(L.LightningModule):
             for i in range(b)
         ]  # per image [H0, W0]
 
-    def _start_metrics(self) -> None:
-        seen = torch.tensor(self.hparams.seen, dtype=torch.bool)
-        self._metric = ZeroShotSegMetrics(
-            num_classes=len(self.hparams.class_names),
-            seen=seen if not bool(seen.all()) else None,
-            ignore_index=self.hparams.ignore_index,
-        ).to(self.device)
+    def default_eval_set(self) -> tuple[str, Vocabulary]:
+        """The training vocabulary; predictions only ever use its seen classes."""
+        return self.vocab.benchmark or "test", self.vocab
 
-    def _eval_step(self, batch: dict) -> None:
-        preds = self.semantic_inference(batch["image"], batch["valid_size"], batch["orig_size"])
-        for pred, target in segmentation_targets(preds, batch):
-            self._metric.update(pred[None], target[None])
+    def predict_labels(self, batch: dict[str, Any], vocab: Vocabulary) -> list[torch.Tensor]:
+        """A^p-only label maps over the seen classes (``vocab`` must be the task's own)."""
+        if vocab.names != self.vocab.names:
+            raise ConfigError(
+                "the proposal generator is evaluated on its own vocabulary only "
+                f"({len(self.vocab)} classes), not on {vocab.benchmark or 'another vocabulary'}"
+            )
+        return self.semantic_inference(batch["image"], batch["valid_size"], batch["orig_size"])
 
-    def _finish(self, stage: str) -> dict[str, Any]:
-        r = self._metric.compute()
-        key = "miou_seen" if "miou_seen" in r else "miou"
-        self.log(f"{stage}/miou_seen", float(r[key]), prog_bar=True, sync_dist=False)
-        self.log(f"{stage}/pacc", float(r["pacc"]), sync_dist=False)
-        return r
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_metrics()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start_metrics()
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self.results = {getattr(self, "eval_name", "test"): self._finish("test")}
+    def log_results(self, stage: str, name: str, r: Mapping[str, Any], single: bool) -> None:
+        """As the base class; without a split, ``miou_seen`` (the monitored key) is the mIoU."""
+        super().log_results(stage, name, r, single)
+        if "miou_seen" not in r:
+            prefix = stage if single else f"{stage}/{name}"
+            self.log(f"{prefix}/miou_seen", float(r["miou"]), prog_bar=True, sync_dist=False)
 
     def param_groups(self) -> list[dict]:
         """AdamW groups: backbone lr × backbone_lr_mult; no weight decay on norms/embeddings.
@@ -342,31 +324,12 @@ class ProposalTask(L.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict:
-        """AdamW + per-step poly schedule (power 0.9) to max_steps (§d.1)."""
+        """AdamW + per-step poly schedule (power 0.9) to max_steps (docs/method.md §6.1)."""
         cfg = self.hparams.optim
         optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg["lr"])
         max_steps = cfg["max_steps"] or int(self.trainer.estimated_stepping_batches)
-        power = cfg["poly_power"]
-
-        def poly(step: int) -> float:
-            return (1.0 - min(step, max_steps) / max_steps) ** power
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Full-model gradient L2-norm clipping at optim.grad_clip (0.01, §d.1)."""
-        clip = self.hparams.optim["grad_clip"]
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        sched = poly_schedule(optimizer, max_steps, cfg["poly_power"])
+        return {"optimizer": optimizer, "lr_scheduler": sched}
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False

@@ -66,7 +66,7 @@ class IPClipEncoder(nn.Module):
     any ``H, W`` (the grid is ``H // patch × W // patch``); masks are ``[B, N, h, w]`` in [0, 1].
     """
 
-    def __init__(self, visual: VisionTransformer, start_layer: int = 8) -> None:
+    def __init__(self, visual: VisionTransformer, start_layer: int) -> None:
         super().__init__()
         _check_supported(visual)
         depth = len(visual.transformer.resblocks)
@@ -76,7 +76,7 @@ class IPClipEncoder(nn.Module):
         self.start_layer = int(start_layer)
 
     @classmethod
-    def from_open_clip(cls, visual: VisionTransformer, start_layer: int = 8) -> IPClipEncoder:
+    def from_open_clip(cls, visual: VisionTransformer, start_layer: int) -> IPClipEncoder:
         """Wrap (not copy) the visual tower of a loaded open_clip model."""
         return cls(visual, start_layer)
 
@@ -85,7 +85,7 @@ class IPClipEncoder(nn.Module):
         cls,
         state_dict: Mapping[str, torch.Tensor],
         heads: int,
-        start_layer: int = 8,
+        start_layer: int,
         *,
         quick_gelu: bool = True,
     ) -> IPClipEncoder:
