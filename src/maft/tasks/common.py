@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maft.checkpoints import read_lightning_checkpoint  # re-exported: tasks import it from here
+from maft.checkpoints import check_keys, read_lightning_checkpoint
 from maft.errors import CheckpointError
 
 #: Generator settings that only choose initial weights (not the architecture).
@@ -77,8 +77,6 @@ def load_generator_weights(
     sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"{path}: no 'generator.*' weights: not a ProposalTask checkpoint")
-    result = generator.load_state_dict(sd, strict=False)
-    bad = list(result.missing_keys) + list(result.unexpected_keys)
-    if bad:
-        raise CheckpointError(f"{path}: generator weights do not match: first keys {bad[:5]}")
+    check_keys(generator.state_dict(), sd, path, "the proposal generator")
+    generator.load_state_dict(sd)
     return hp

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maft.checkpoints import check_keys
 from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError
 from maft.losses.maft_losses import mask_aware_loss, self_distillation_loss
@@ -342,10 +343,6 @@ class MaftTask(SegmentationTask):
         hp["clip"] = {**hp["clip"], "pretrained": None}
         hp["proposals_ckpt"] = None
         task = cls(**hp)
-        result = task.load_state_dict(ckpt["state_dict"], strict=False)
-        bad = list(result.missing_keys) + list(result.unexpected_keys)
-        if bad:
-            raise CheckpointError(
-                f"{path}: state dict does not match MaftTask: first keys {bad[:5]}"
-            )
+        check_keys(task.state_dict(), ckpt["state_dict"], path, "MaftTask")
+        task.load_state_dict(ckpt["state_dict"])
         return task

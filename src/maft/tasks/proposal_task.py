@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maft.checkpoints import check_keys
 from maft.data.vocabulary import Vocabulary
-from maft.errors import CheckpointError, ConfigError
+from maft.errors import ConfigError
 from maft.losses.matcher import MASK_LOSSES, MATCH_RESOLUTIONS, HungarianMatcher
 from maft.losses.set_criterion import SetCriterion, targets_from_label
 from maft.models.inference import postprocess_to_original, semantic_scores
@@ -336,40 +337,16 @@ class ProposalTask(SegmentationTask):
     ):
         """Load weights; another vocabulary size or architecture raises CheckpointError."""
         if strict:
-            check_state_dict(self.state_dict(), state_dict)
+            hint = (
+                " (text_emb differs: the checkpoint was trained with another vocabulary size; "
+                "build the task from the checkpoint's own hyperparameters, "
+                "ProposalTask.load_from_checkpoint(path) without overrides)"
+                if "text_emb" in state_dict
+                and tuple(state_dict["text_emb"].shape) != tuple(self.text_emb.shape)
+                else ""
+            )
+            check_keys(self.state_dict(), state_dict, "ProposalTask checkpoint", "the model", hint)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def check_state_dict(expected: Mapping[str, Any], given: Mapping[str, Any]) -> None:
-    """Raise CheckpointError naming missing, unexpected and shape-mismatched keys."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(given))
-        if tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    parts = []
-    if shapes:
-        parts.append(f"shape mismatch {shapes[:3]}")
-    if missing:
-        parts.append(f"missing keys {missing[:3]} ({len(missing)} total)")
-    if unexpected:
-        parts.append(f"unexpected keys {unexpected[:3]} ({len(unexpected)} total)")
-    hint = (
-        " (text_emb differs: the checkpoint was trained with another vocabulary size)"
-        if any(s.startswith("text_emb") for s in shapes)
-        else ""
-    )
-    raise CheckpointError(
-        "ProposalTask checkpoint does not match the model: "
-        + "; ".join(parts)
-        + hint
-        + ". Build the task with the checkpoint's hyperparameters "
-        "(ProposalTask.load_from_checkpoint(path) without overrides)."
-    )
 
 
 __all__ = ["ProposalTask", "build_text_embeddings", "check_criterion"]

@@ -157,9 +157,7 @@ def _proposal_task(
     vocab = release_vocabulary(settings.num_train_classes)
     clip = {"name": settings.clip_name, "pretrained": str(clip_file), "arch": settings.clip_arch}
     task = ProposalTask(
-        class_names=list(vocab.names),
-        seen=[bool(s) for s in vocab.seen],
-        ignore_index=vocab.ignore_index,
+        vocabulary=vocab.to_dict(),
         clip=clip,
         generator=dict(settings.generator),
     )
