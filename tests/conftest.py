@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maft_testing import lightning_checkpoint, tiny_maft_task
+from maft_testing import TINY_LITE_KWARGS, lightning_checkpoint, tiny_maft_task
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,9 @@ def tiny_task() -> torch.nn.Module:
 def maft_ckpt(tiny_task: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MaftTask checkpoint file of the tiny task."""
     return lightning_checkpoint(tiny_task, tmp_path_factory.mktemp("ckpt") / "maft.ckpt")
+
+
+@pytest.fixture
+def tiny_generator_kwargs() -> dict:
+    """Keyword arguments of a tiny lite MaskProposalGenerator (timm test_resnet, hidden 32)."""
+    return dict(TINY_LITE_KWARGS)

@@ -22,6 +22,18 @@ TINY_CLIP = {
     "start_layer": 1,
     "input_size": 32,
 }
+#: Keyword arguments of a tiny lite MaskProposalGenerator (timm test_resnet, hidden 32).
+TINY_LITE_KWARGS = {
+    "backbone": "test_resnet",
+    "hidden_dim": 32,
+    "num_queries": 6,
+    "dec_layers": 2,
+    "nheads": 4,
+    "dim_feedforward": 64,
+    "enc_layers": 1,
+    "enc_dim_feedforward": 64,
+    "mask_dim": 32,
+}
 TINY_GENERATOR = {
     "backbone": "test_resnet.r160_in1k",
     "pretrained_backbone": False,

@@ -20,7 +20,7 @@ from maft.models.clip.convert import (
 from maft.models.clip.ip_clip import IPClipEncoder
 from maft.models.clip.text import TextClassifier
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "convert_maft_checkpoint.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "convert_maft_checkpoint.py"
 
 
 def _official_like(clip: open_clip.CLIP) -> dict:

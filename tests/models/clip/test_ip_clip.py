@@ -70,7 +70,8 @@ def test_openai_state_dict_wrong_keys(golden: dict) -> None:
     with pytest.raises(CheckpointError, match="visual.extra|extra"):
         IPClipEncoder.from_openai_state_dict(sd, heads=4, start_layer=2)
     with pytest.raises(CheckpointError, match="conv1"):
-        IPClipEncoder.from_openai_state_dict({"visual.proj": torch.zeros(2, 2)}, heads=1, start_layer=0)
+        bare = {"visual.proj": torch.zeros(2, 2)}
+        IPClipEncoder.from_openai_state_dict(bare, heads=1, start_layer=0)
 
 
 # ------------------------------------------------------------------ independent reference

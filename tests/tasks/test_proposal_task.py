@@ -10,6 +10,12 @@ from torch.utils.data import DataLoader
 from maft.errors import CheckpointError, ConfigError
 from maft.tasks.proposal_task import ProposalTask
 
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)  # the overfit test's trajectory is drawn from this seed
+
+
 NAMES = ["background", "red square", "blue square", "green square"]
 SEEN = [True, True, True, False]
 COLORS = {0: (90, 90, 90), 1: (220, 40, 40), 2: (40, 60, 220), 3: (40, 200, 60)}

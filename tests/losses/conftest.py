@@ -1,9 +1,14 @@
-"""Fixtures for the MAFT loss / ensemble / inference tests (seeded float64 generators)."""
+"""Fixtures for the loss tests: seeded global RNG and a seeded CPU generator."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import maft.models.clip  # noqa: F401  (registers maft-tiny with open_clip)
 _HERE = Path(__file__).parent
 _GOLDEN_CANDIDATES = [
     Path(os.environ["MAFT_GOLDEN_DIR"]) if "MAFT_GOLDEN_DIR" in os.environ else None,
-    _HERE.parents[1].parent / "shared" / "reference" / "golden",  # shared/ beside the checkout
+    _HERE.parents[3] / "shared" / "reference" / "golden",  # shared/ beside the checkout
 ]
 
 
