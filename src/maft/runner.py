@@ -565,14 +565,20 @@ def evaluate(task, dm, cfg: DictConfig, mode: str) -> dict[str, dict[str, Any]]:
     trainer = build_trainer(cfg, f"test_{mode}", max_steps=-1, use_distributed_sampler=False)
     dm.setup("test")
     names = list(getattr(dm, "test_names", None) or ["test"])
+    vocabs = list(getattr(dm, "test_vocabularies", None) or [task.vocab])
     if mode == "proposals":
         loaders = dm.test_dataloader()
         first = loaders[0] if isinstance(loaders, list | tuple) else loaders
         trainer.test(task, dataloaders=first, verbose=False)
-        return results_from_metrics(trainer.callback_metrics, names[:1])
-    with task.evaluating(mode):
-        trainer.test(task, datamodule=dm, verbose=False)
-    return results_from_metrics(trainer.callback_metrics, names)
+        names, vocabs = names[:1], [task.vocab]
+    else:
+        with task.evaluating(mode):
+            trainer.test(task, datamodule=dm, verbose=False)
+    results = results_from_metrics(trainer.callback_metrics, names)
+    for name, vocab in zip(names, vocabs):  # per-class IoU in metrics.json, named
+        if name in results:
+            results[name]["class_names"] = list(vocab.names)
+    return results
 
 
 # ---------------------------------------------------------------------------------------- runs

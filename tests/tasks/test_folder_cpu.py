@@ -45,7 +45,9 @@ def test_folder_cpu_trains_and_evaluates_the_folders_classes(
     assert meta["seen/unseen"] == f"{seen}/{len(classes) - seen}"
     assert set(payload["results"]) == {"frozen_ip_clip", "maft"}
     for row in ("frozen_ip_clip", "maft"):
-        assert len(payload["results"][row]["folder"]["iou_per_class"]) == len(classes), row
+        result = payload["results"][row]["folder"]
+        assert len(result["iou_per_class"]) == len(classes), row
+        assert result["class_names"] == classes.names, row  # per-class IoU, named
     assert (tmp_path / "run" / "checkpoints" / "maft" / "final.ckpt").is_file()
     assert list((tmp_path / "run" / "pictures").glob("*.png"))
     assert summary["headline"] == payload["meta"]["headline"]

@@ -309,6 +309,11 @@ class Vocabulary:
         return bool((~self.seen).any())
 
     @property
+    def seen_mask(self) -> torch.Tensor | None:
+        """The seen mask ``[C]`` for the ensemble and the metrics; None without a split."""
+        return self.seen if self.has_split else None
+
+    @property
     def seen_names(self) -> list[str]:
         """Names of the seen classes, in vocabulary order."""
         return [n for n, s in zip(self.names, self.seen.tolist()) if s]

@@ -96,7 +96,7 @@ class SegmentationTask(L.LightningModule):
         self._metrics = [
             ZeroShotSegMetrics(
                 num_classes=v.num_classes,
-                seen=v.seen if v.has_split else None,
+                seen=v.seen_mask,
                 ignore_index=v.ignore_index,
                 rule=METRIC_RULE,
             ).to(self.device)

@@ -321,7 +321,7 @@ class MaftTask(SegmentationTask):
         out = self.segmenter()(
             batch["image"],
             self.text_embeddings(vocab),
-            vocab.seen.to(self.device) if vocab.has_split else None,
+            None if vocab.seen_mask is None else vocab.seen_mask.to(self.device),
             batch["valid_size"],
             batch["orig_size"],
         )
