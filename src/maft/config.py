@@ -33,6 +33,16 @@ CONFIG_DIR = str(config_dir())
 register_configs()  # the typed schemas the YAML files extend (maft.schema)
 
 
+def _choice(group: str) -> str | None:
+    """The option Hydra composed for ``group`` (e.g. ``voc_15_5`` for split), when known."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group))
+    except (ValueError, AttributeError):
+        return None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Cross-key checks Hydra's typed merge cannot make: a split file of another benchmark.
 
@@ -44,9 +54,8 @@ def check_config(cfg: DictConfig) -> None:
     owner, bench = split.get("benchmark"), data.get("benchmark")
     if owner and bench and owner != bench:
         raise ConfigError(
-            f"split {split.get('name')!r} of {owner} does not fit data={bench}: pick the "
-            f"benchmark's own split (split=... with benchmark: {bench}), split=all_seen or "
-            "split=from_file"
+            f"split={_choice('split') or split.get('name')} is a split of {owner}; it does not "
+            f"fit data={bench}: use split=default ({bench}'s own split) or split=all_seen"
         )
 
 
