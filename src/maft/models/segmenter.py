@@ -92,7 +92,13 @@ class ZeroShotSegmenter(nn.Module):
         mask_align_corners: bool,
         merge_chunk: int = 64,
     ) -> None:
-        """Every setting is given by the caller (defaults: ``maft.schema.ModelCfg``)."""
+        """Every setting is given by the caller (defaults: ``maft.schema.ModelCfg``).
+
+        ``merge_chunk``: sub-images per CLIP pass of the merge baselines, over the whole batch
+        (at least one proposal of every image): a bounded pass reuses its memory, whereas one
+        pass of batch × proposals sub-images maps fresh pages every batch (a third of the
+        world's merge row on a CPU). Only float32 rounding depends on it.
+        """
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
@@ -142,7 +148,7 @@ class ZeroShotSegmenter(nn.Module):
             mode=self.classifier,
             size=self.norm.image_size,
             variant=self.merge_variant,
-            chunk_size=self.merge_chunk,
+            chunk_size=max(1, self.merge_chunk // x.shape[0]),  # proposals of every image
         )
 
     @torch.no_grad()
