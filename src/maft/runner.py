@@ -668,6 +668,12 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None =
         stopper = _find(trainer, GracefulStop)
         if stopper is not None:
             stopper.raise_if_stopped()
+        if max_steps > 0 and trainer.global_step == 0:
+            raise ConfigError(
+                f"the {stage} stage trained 0 steps: its training loader is empty (too few "
+                "training images for the batch size per device with drop_last); lower "
+                "data.batch_size / model.proposal_train.batch_size or set data.drop_last=false"
+            )
         clock = _find(trainer, StageClock)
         _seal_stage(trainer, folder, stage, clock.seconds if clock else 0.0)
     return str(final)

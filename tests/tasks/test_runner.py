@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from maft.config import compose
+from maft.errors import ConfigError
 from maft.runner import run_eval, run_train
 
 ROWS = ["frozen_merge", "frozen_ip_clip", "maft"]
@@ -71,3 +74,14 @@ def test_missing_dataset_root_fails_first_with_its_path(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetLayoutError, match="nowhere/coco.*MAFT_DATA_ROOT"):
         run_train(cfg)
+
+
+def test_a_stage_with_an_empty_training_loader_fails_clearly(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    """4 training images, 8 per step and drop_last: 0 steps is an error, not a silent 'done'."""
+    over = [*tiny_overrides, "model.proposal_train.batch_size=8", "evaluate=[]"]
+    cfg = compose(over, output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="proposals stage trained 0 steps"):
+        run_train(cfg)
+    assert not (tmp_path / "run" / "checkpoints" / "proposals" / "final.ckpt").exists()
