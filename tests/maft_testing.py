@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,3 +102,21 @@ def bilinear_ref(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
                 + x[y1, x1] * dy * dx
             )
     return out
+
+
+def quiet_trainer(tmp_path: Path, steps: int, **kwargs: Any) -> Any:
+    """A 1-device CPU Lightning Trainer for unit tests: no logger, checkpoints, bars or summary."""
+    import lightning as L
+
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )

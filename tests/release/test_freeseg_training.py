@@ -17,6 +17,7 @@ from maft.config import CONFIG_DIR, compose
 from maft.models.proposals.freeseg.backbone import DeepLabResNet
 from maft.models.proposals.freeseg.layers import FrozenBatchNorm2d
 from maft.tasks.proposal_task import CRITERION_DEFAULTS, OPTIM_DEFAULTS, ProposalTask
+from maft_testing import quiet_trainer
 
 NAMES = ["background", "red square", "blue square", "green square"]
 SEEN = [True, True, True, False]
@@ -94,18 +95,9 @@ def _batch(n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
 
 
 def _trainer(tmp_path: Path, steps: int = 1) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    # the recipe's grad_clip, as the runner passes it to the Trainer
+    clip = {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "norm"}
+    return quiet_trainer(tmp_path, steps, limit_val_batches=0, **clip)
 
 
 def test_recipe_defaults_match_the_release() -> None:

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from maft.errors import CheckpointError, ConfigError
 from maft.tasks.proposal_task import ProposalTask
+from maft_testing import quiet_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -78,18 +79,11 @@ class _Record(L.Callback):
 
 
 def _trainer(steps: int, callbacks: list, tmp_path) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    return quiet_trainer(
+        tmp_path,
+        steps,
         check_val_every_n_epoch=10**6,
         callbacks=callbacks,
-        default_root_dir=tmp_path,
         gradient_clip_val=0.01,  # the recipe's grad_clip, as the runner passes it
         gradient_clip_algorithm="norm",
     )
