@@ -783,6 +783,25 @@ def _finish(
     return {"results": results, "meta": meta, "timings_s": timings, "headline": value}
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) global random states afterwards."""
+    import random
+
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def resolve_clip_weights(cfg: DictConfig, timings: dict[str, float]) -> None:
     """Pretrain (or reuse from the cache) the built-in world's CLIP when the config asks for it."""
     wp = cfg.model.clip.get("world_pretrain")
@@ -794,7 +813,10 @@ def resolve_clip_weights(cfg: DictConfig, timings: dict[str, float]) -> None:
     kwargs = _plain(wp)
     if not interactive():
         kwargs["progress"] = False  # no carriage-return bars in log files
-    with cache_lock(cfg):  # two runs sharing the cache: one pretrains, the other waits for it
+    # two runs sharing the cache: one pretrains, the other waits for it; a pretraining run here
+    # leaves the random state as a cache hit does, so a first run on a fresh machine gives the
+    # same numbers as every later one
+    with cache_lock(cfg), preserved_rng():
         path = ensure_world_clip(Path(cfg.paths.cache_dir) / "world_clip", **kwargs)
     cfg.model.clip.pretrained = str(path)
     timings["clip pretrain (or cache)"] = time.perf_counter() - t0

@@ -85,3 +85,34 @@ def test_a_stage_with_an_empty_training_loader_fails_clearly(
     with pytest.raises(ConfigError, match="proposals stage trained 0 steps"):
         run_train(cfg)
     assert not (tmp_path / "run" / "checkpoints" / "proposals" / "final.ckpt").exists()
+
+
+def test_world_clip_pretraining_leaves_the_random_state_as_a_cache_hit(tmp_path: Path) -> None:
+    """A first run (CLIP pretrained in-process) then draws the same numbers as a cached run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from maft.runner import resolve_clip_weights
+
+    over = [
+        "experiment=world_quick",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "model.clip.world_pretrain.steps=2",
+        "+model.clip.world_pretrain.pool_size=64",
+        "+model.clip.world_pretrain.eval_images=8",
+        "+model.clip.world_pretrain.eval_scenes=8",
+        "+model.clip.world_pretrain.batch_size=8",
+    ]
+
+    def draws_after_resolve() -> tuple[list[float], list[float], list[float]]:
+        cfg = compose(over, output_dir=tmp_path / "run")
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        resolve_clip_weights(cfg, {})
+        assert cfg.model.clip.pretrained and Path(cfg.model.clip.pretrained).is_file()
+        return [random.random()], np.random.rand(2).tolist(), torch.rand(3).tolist()
+
+    fresh = draws_after_resolve()  # pretrains into the empty cache
+    cached = draws_after_resolve()  # the file is there now
+    assert fresh == cached
