@@ -143,10 +143,10 @@ def checkpoint_kind(obj: Any) -> str:
     if isinstance(obj.get("state_dict"), Mapping):  # Lightning
         hp = obj.get("hyper_parameters")
         if isinstance(hp, Mapping):
+            if "criterion" in hp:  # only ProposalTask has a stage-1 criterion (old and new forms)
+                return "proposals"
             if MAFT_HPARAMS <= set(hp):
                 return "maft"
-            if "criterion" in hp and "vocabulary" not in hp:
-                return "proposals"
         return "clip" if _looks_like_clip(obj) else "unknown"
     sd = obj.get("model", obj)
     if isinstance(sd, Mapping) and any(str(k).startswith("sem_seg_head.") for k in sd):

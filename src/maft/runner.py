@@ -947,21 +947,19 @@ def load_task_for_eval(cfg: DictConfig, vocab: Vocabulary):
     layer, ...) unless the user overrides them on the command line; a ProposalTask checkpoint
     takes them all from the config.
     """
-    from maft.tasks.common import read_lightning_checkpoint
+    from maft.checkpoints import identify_checkpoint
     from maft.tasks.maft_task import MaftTask
 
     path = cfg.get("ckpt_path")
     if not path or path == "???":
         raise ConfigError("ckpt_path is required: python -m maft.eval ckpt_path=<checkpoint> ...")
-    from maft.models.release import is_release_file
-
-    if is_release_file(path):  # an official FreeSeg / MAFT release file, as downloaded
+    kind = identify_checkpoint(path)  # one memory-mapped read; errors name the file
+    if kind == "release":  # an official FreeSeg / MAFT release file, as downloaded
         from maft.tasks.release import maft_task_from_release
 
         task, _, _ = maft_task_from_release(path, cfg.get("release_config"))
         return task.configure_inference(**inference_overrides(cfg))
-    hp = read_lightning_checkpoint(path).get("hyper_parameters") or {}
-    if "criterion" in hp:  # a ProposalTask checkpoint: evaluate frozen CLIP on its proposals
+    if kind == "proposals":  # a ProposalTask checkpoint: evaluate frozen CLIP on its proposals
         return build_maft_task(cfg, vocab, str(path))
     return MaftTask.from_checkpoint(path).configure_inference(**inference_overrides(cfg))
 

@@ -131,3 +131,20 @@ def test_key_checks_list_every_problem_with_the_file() -> None:
     result = model.load_state_dict({"weight": torch.zeros(2, 3), "x": T}, strict=False)
     with pytest.raises(CheckpointError, match=r"run\.ckpt does not fit the head: 1 missing"):
         check_load_result(result, Path("run.ckpt"), "the head")
+
+
+def test_proposal_task_checkpoint_of_either_form_is_stage_1(tmp_path: Path) -> None:
+    """A ProposalTask saved with its vocabulary dict (MaftTask's three keys too) is stage 1."""
+    from maft.data.vocabulary import Vocabulary
+    from maft.tasks.maft_task import MaftTask
+    from maft.tasks.proposal_task import ProposalTask
+    from maft_testing import TINY_LITE_KWARGS, lightning_checkpoint
+
+    vocab = Vocabulary.from_names(["sky", "road"], [True, False])
+    task = ProposalTask(
+        vocabulary=vocab.to_dict(), clip={"name": "maft-tiny"}, generator=dict(TINY_LITE_KWARGS)
+    )
+    path = lightning_checkpoint(task, tmp_path / "stage1.ckpt")
+    assert identify_checkpoint(path) == "proposals"
+    with pytest.raises(CheckpointError, match=r"stage1\.ckpt is a ProposalTask"):
+        MaftTask.from_checkpoint(path)

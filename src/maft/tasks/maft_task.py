@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maft.checkpoints import check_keys
+from maft.checkpoints import check_keys, wrong_kind
 from maft.data.vocabulary import Vocabulary
 from maft.errors import CheckpointError, ConfigError
 from maft.losses.maft_losses import mask_aware_loss, self_distillation_loss
@@ -340,6 +340,9 @@ class MaftTask(SegmentationTask):
             raise CheckpointError(
                 f"{path}: not a MaftTask checkpoint (hyperparameters lack {sorted(missing)})"
             )
+        error = wrong_kind(path, ckpt, ["maft"])
+        if error is not None:  # e.g. a ProposalTask checkpoint, which has the same three keys
+            raise error
         hp["clip"] = {**hp["clip"], "pretrained": None}
         hp["proposals_ckpt"] = None
         task = cls(**hp)
