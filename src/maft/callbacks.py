@@ -5,6 +5,7 @@
   tenth of a stage, for log files and pipes (logger ``maft.progress``).
 - :class:`GracefulStop`: SIGINT / SIGTERM finish the current step, save ``last.ckpt`` and stop.
 - :class:`StageClock`: training seconds of a stage, carried across resumes in its checkpoints.
+- :class:`ValidationCurve`: a stage's validation curve, and the weights of its best point.
 - :class:`LogValidationPanels`: validation panels (image | ground truth | prediction).
 
 The panels go to ``<dirpath or trainer.default_root_dir>/panels/epoch{E}_{i}.png`` and, when a
@@ -233,6 +234,88 @@ class GracefulStop(L.Callback):
         """After ``fit``: raise :class:`TrainingInterrupted` when a signal stopped the stage."""
         if self.signum is not None and self.saved is not None:
             raise TrainingInterrupted(self.signum, self.stage, self.step, self.saved)
+
+
+class ValidationCurve(L.Callback):
+    """The stage's validation curve ``[(step, value)]`` of ``monitor``; optionally keep the best.
+
+    With ``keep_best`` the trainable parameters of the best validation so far (highest value;
+    the earliest on ties) are copied to the CPU, and put back into the model when training ends,
+    so the stage ends with the selected weights. A validation run before the first step (step 0)
+    enters the curve and can win: then the stage ends where it started. Curve, best step and
+    best parameters travel in the stage's checkpoints, so a resumed stage selects the same way.
+    """
+
+    def __init__(self, monitor: str, keep_best: bool = False) -> None:
+        self.monitor, self.keep_best = monitor, bool(keep_best)
+        self.curve: list[tuple[int, float]] = []
+        self.best_step: int | None = None
+        self.best_value = -math.inf
+        self._best: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _trainable(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise MaftError(
+                f"validation logged no {self.monitor!r} (logged: "
+                f"{sorted(trainer.callback_metrics)}); the validation curve needs it"
+            )
+        step, value = int(trainer.global_step), float(value)
+        self.curve = [(s, v) for s, v in self.curve if s != step] + [(step, value)]
+        if math.isfinite(value) and value > self.best_value:
+            self.best_step, self.best_value = step, value
+            if self.keep_best:
+                self._best = {
+                    n: p.detach().to("cpu", copy=True)
+                    for n, p in self._trainable(pl_module).items()
+                }
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.keep_best and self._best):
+            return
+        params = self._trainable(pl_module)
+        with torch.no_grad():
+            for name, value in self._best.items():
+                params[name].copy_(value.to(params[name].device))
+        log.info(
+            "kept the weights of step %d (%s %.2f, the best of %d validations)",
+            self.best_step,
+            self.monitor,
+            self.best_value,
+            len(self.curve),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """``{"monitor", "curve": [[step, value]], "best_step", "best_value", "kept"}``."""
+        return {
+            "monitor": self.monitor,
+            "curve": [[s, round(v, 4)] for s, v in self.curve],
+            "best_step": self.best_step,
+            "best_value": None if self.best_step is None else round(self.best_value, 4),
+            "kept": "best" if self.keep_best else "last",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Curve, best step / value and (with ``keep_best``) the best trainable parameters."""
+        return {
+            "curve": list(self.curve),
+            "best_step": self.best_step,
+            "best_value": self.best_value,
+            "best": dict(self._best),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the curve and the selection of a resumed stage."""
+        self.curve = [(int(s), float(v)) for s, v in state_dict.get("curve", [])]
+        self.best_step = state_dict.get("best_step")
+        self.best_value = float(state_dict.get("best_value", -math.inf))
+        self._best = dict(state_dict.get("best") or {})
 
 
 def _display_image(

@@ -80,10 +80,24 @@ def render_report(
     """The full `report.md` text."""
     facts = "\n".join(f"- **{k}**: {v}" for k, v in meta.items() if not isinstance(v, dict | list))
     text = f"# maft report\n\n{facts}\n\n{markdown_tables(results, meta)}\n"
+    if (meta.get("maft_validation") or {}).get("curve"):
+        text += validation_section(meta["maft_validation"])
     if timings:
         text += "\n### time per stage (s)\n\n| stage | seconds |\n|---|---|\n"
         text += "".join(f"| {k} | {v:.1f} |\n" for k, v in timings.items())
     return text
+
+
+def validation_section(v: Mapping[str, Any]) -> str:
+    """The report's table of MAFT's validation curve (step, value; the kept step marked)."""
+    best = v.get("best_step") if v.get("kept") == "best" else None
+    lines = [
+        f"\n### MAFT validation curve ({v['monitor']} on split {v.get('split')!r})\n",
+        "| step | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {s} | {_fmt(x)}{' (kept)' if s == best else ''} |" for s, x in v["curve"]]
+    return "\n".join(lines) + "\n"
 
 
 def _write_atomic(path: Path, text: str) -> None:

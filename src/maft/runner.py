@@ -46,6 +46,7 @@ from maft.callbacks import (
     StageProgressBar,
     StageProgressLog,
     TrainingInterrupted,
+    ValidationCurve,
     duration,
     interactive,
 )
@@ -218,6 +219,7 @@ class _Story:
         self.titles = dict(steps)
         self.timings = timings
         self.resumed: dict[str, str] = {}  # stage -> how it was resumed (for the report)
+        self.validation: dict[str, dict[str, Any]] = {}  # stage -> ValidationCurve.summary()
 
     def label(self, key: str, short: bool = False) -> str:
         """``[i/n] title`` for a planned step, the bare title otherwise (short: no step count)."""
@@ -482,12 +484,15 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _seal_stage(trainer: L.Trainer, folder: Path, stage: str, seconds: float) -> Path:
+def _seal_stage(
+    trainer: L.Trainer, folder: Path, stage: str, seconds: float, extra: dict | None = None
+) -> Path:
     """``final.ckpt`` (atomic), ``final.json``, and ``last.ckpt`` as a link to ``final.ckpt``."""
     final = folder / "final.ckpt"
     trainer.save_checkpoint(str(final))
     if trainer.is_global_zero:
         record = {"stage": stage, "steps": int(trainer.global_step), "seconds": round(seconds, 3)}
+        record.update(extra or {})
         _write_json(folder / "final.json", record)
         last, tmp = folder / "last.ckpt", folder / f".last.ckpt.{os.getpid()}.tmp"
         try:
@@ -635,26 +640,71 @@ def _find(trainer: L.Trainer, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
+#: What MAFT's validation curve follows: mIoU of the seen classes (the only labels it may use).
+VALIDATION_MONITOR = "val/miou_seen"
+
+
+def _validation_setup(cfg: DictConfig, stage: str) -> tuple[dict[str, Any], ValidationCurve | None]:
+    """Trainer arguments and the curve callback of a stage's validation (MAFT's ``val_every``)."""
+    if stage != "maft":
+        return {}, None
+    every, keep = cfg.model.maft.get("val_every"), str(cfg.model.maft.get("keep", "last"))
+    if keep not in ("last", "best"):
+        raise ConfigError(f"model.maft.keep={keep!r}: use last or best")
+    if not every:
+        if keep == "best":
+            raise ConfigError(
+                "model.maft.keep=best selects on the validation curve: set model.maft.val_every "
+                "(steps between validations on data.val_split)"
+            )
+        return {}, None
+    if int(every) <= 0:
+        raise ConfigError(f"model.maft.val_every={every}: give a positive number of steps or null")
+    kwargs = {
+        "val_check_interval": int(every),
+        "check_val_every_n_epoch": None,  # count steps across epochs
+        "limit_val_batches": 1.0,
+        "num_sanity_val_steps": 0,
+    }
+    return kwargs, ValidationCurve(VALIDATION_MONITOR, keep_best=keep == "best")
+
+
+def _load_weights(task: L.LightningModule, path: str | Path) -> None:
+    """Put a finished stage's weights (``final.ckpt``) into ``task`` (a stage skipped on resume)."""
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    task.load_state_dict(ckpt["state_dict"])
+
+
 def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None = None) -> str:
     """Fit one stage (resuming when asked) and return the path of its final checkpoint.
 
     A stage stopped by SIGINT / SIGTERM raises :class:`TrainingInterrupted` after saving
-    ``last.ckpt``; ``final.ckpt`` is only written by a stage that reached its last step.
+    ``last.ckpt``; ``final.ckpt`` is only written by a stage that reached its last step. A stage
+    finished in an earlier session is skipped and its weights loaded into ``task``. With MAFT's
+    ``val_every``, the stage validates before its first step and every ``val_every`` steps; with
+    ``keep: best`` it ends with (and ``final.ckpt`` holds) the weights of the best validation.
     """
     story = story or _Story([], {})
     folder = _stage_dir(cfg, stage)
     final = folder / "final.ckpt"
     label = story.label(stage, short=True)
     if cfg.get("ckpt_path") == "last" and final.is_file():
-        seconds = _stage_record(folder).get("seconds")
+        record = _stage_record(folder)
+        seconds = record.get("seconds")
         if seconds is None:
             seconds = _checkpoint_facts(final).get("seconds")
         story.skipped(stage, float("nan") if seconds is None else float(seconds), stage)
+        if record.get("validation"):
+            story.validation[stage] = record["validation"]
+        _load_weights(task, final)
         return str(final)
     extra = _plain((cfg.get("stage_trainer") or {}).get(stage) or {})  # e.g. bf16 for one stage
+    val_kwargs, curve = _validation_setup(cfg, stage)
     resume = _resume_path(cfg, stage)
     with story.step(stage):
-        trainer = build_trainer(cfg, stage, max_steps, **extra)
+        trainer = build_trainer(cfg, stage, max_steps, **{**extra, **val_kwargs})
+        if curve is not None:
+            trainer.callbacks.append(curve)
         for cb in trainer.callbacks:
             if isinstance(cb, StageProgressBar | StageProgressLog):
                 cb.label = label
@@ -664,6 +714,8 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None =
             story.resumed[stage] = f"from step {step} ({resume})"
         elif cfg.get("ckpt_path") == "last":
             log.info("%s: no checkpoint of this stage yet, starting at step 0", label)
+        if curve is not None and not resume:  # the curve's step 0: where fine-tuning starts
+            trainer.validate(task, datamodule=dm, verbose=False)
         trainer.fit(task, datamodule=dm, ckpt_path=resume)
         stopper = _find(trainer, GracefulStop)
         if stopper is not None:
@@ -675,7 +727,10 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None =
                 "data.batch_size / model.proposal_train.batch_size or set data.drop_last=false"
             )
         clock = _find(trainer, StageClock)
-        _seal_stage(trainer, folder, stage, clock.seconds if clock else 0.0)
+        record = {}
+        if curve is not None:
+            record["validation"] = story.validation[stage] = curve.summary()
+        _seal_stage(trainer, folder, stage, clock.seconds if clock else 0.0, record)
     return str(final)
 
 
@@ -772,6 +827,8 @@ def _finish(
             )
     if story is not None and story.resumed:
         meta["resumed"] = "; ".join(f"{k} {v}" for k, v in story.resumed.items())
+    if story is not None and story.validation.get("maft"):
+        meta.update(validation_facts(story.validation["maft"], cfg))
     name, value = headline(results)
     meta["headline metric"], meta["headline"] = name, value
     out = Path(cfg.paths.output_dir)
@@ -781,6 +838,21 @@ def _finish(
         print(f"\nheadline {name}: {value:.2f}")
         print(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
     return {"results": results, "meta": meta, "timings_s": timings, "headline": value}
+
+
+def validation_facts(summary: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """Report lines of MAFT's validation: which step's weights were kept, on what, and the curve."""
+    split = cfg.data.get("val_split", "val")
+    seen_only = " with unseen pixels ignored" if cfg.data.get("val_seen_only") else ""
+    last = summary["curve"][-1][0] if summary["curve"] else None
+    if summary["kept"] == "best":
+        kept = (
+            f"step {summary['best_step']} of {last} (the highest {summary['monitor']}, "
+            f"{summary['best_value']:.2f}, on split {split!r}{seen_only})"
+        )
+    else:
+        kept = f"step {last} (the last; curve on split {split!r}{seen_only})"
+    return {"maft weights kept": kept, "maft_validation": {**summary, "split": split}}
 
 
 @contextlib.contextmanager

@@ -109,6 +109,12 @@ class MaftRecipe:
     warmup_steps: int = 0
     grad_clip: float | None = 0.01  # global L2 norm (the Trainer's gradient_clip_val)
     trainable: str = "maft"  # maft: attn + ln_1/ln_2 + ln_post | all
+    # validate on data's validation split every val_every steps (and before the first step):
+    # the curve of mIoU(seen) goes into the report; null: no validation during the stage
+    val_every: int | None = None
+    # which weights the stage ends with: last (the final step) | best (the highest validation
+    # mIoU(seen) of the curve: the MAFT length chosen on seen classes only; needs val_every)
+    keep: str = "last"
 
 
 @dataclass
@@ -162,7 +168,10 @@ class DataCfg:
     max_train_images: int | None = None
     max_val_images: int | None = None
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # validation during training (MAFT's val_every)
+    test_split: str | None = None  # the evaluated split; null: val_split
+    # validation labels of unseen classes become ignore (selection on seen classes only)
+    val_seen_only: bool = False
     cache_dir: str = "${paths.cache_dir}"  # kept-image lists of zero-shot training
     # scan every split at setup (label values, image/label sizes; cached) and refuse evaluation
     # images without a label unless allowed
@@ -175,7 +184,8 @@ class WorldDataCfg(DataCfg):
     """The built-in world: scenes generated under the cache on first use (``maft.world``)."""
 
     n_train: int = 2000
-    n_val: int = 500
+    n_val: int = 500  # the test split ("val")
+    n_heldout: int = 200  # the validation split ("heldout"), used with its unseen pixels ignored
     image_size: int = 64
     seed: int = 0
     progress: bool = True

@@ -106,6 +106,8 @@ class SemSegDataModule(L.LightningDataModule):
         max_val_images: int | None = None,
         train_split: str = "train",
         val_split: str = "val",
+        test_split: str | None = None,
+        val_seen_only: bool = False,
         cache_dir: str | None = None,
         allow_missing_labels: bool = False,
         scan: bool = True,
@@ -133,6 +135,8 @@ class SemSegDataModule(L.LightningDataModule):
         self.size_divisibility, self.image_pad_value = int(size_divisibility), int(image_pad_value)
         self.max_train_images, self.max_val_images = max_train_images, max_val_images
         self.train_split, self.val_split, self.cache_dir = train_split, val_split, cache_dir
+        self.test_split = test_split or val_split
+        self.val_seen_only = bool(val_seen_only)
         self.allow_missing_labels, self.scan = bool(allow_missing_labels), bool(scan)
         self.test_sets = [self._check_test_set(dict(t)) for t in (test_sets or [])]
         self.test_vocabularies: list[Vocabulary] = [
@@ -162,7 +166,7 @@ class SemSegDataModule(L.LightningDataModule):
         return entry
 
     # ------------------------------------------------------------------ datasets
-    def _dataset(self, split: str, train: bool) -> SemSegDataset:
+    def _dataset(self, split: str, train: bool, drop_unseen: bool | None = None) -> SemSegDataset:
         if train:
             t = build_train_transform(
                 self.train_short_sides,
@@ -185,6 +189,7 @@ class SemSegDataModule(L.LightningDataModule):
             self.layout,
             self.cache_dir,
             allow_missing_labels=train or self.allow_missing_labels,  # training may skip
+            drop_unseen=drop_unseen,
         )
 
     def _test_dataset(self, entry: dict[str, Any], vocab: Vocabulary) -> SemSegDataset:
@@ -212,7 +217,7 @@ class SemSegDataModule(L.LightningDataModule):
             ds = self._dataset(self.train_split, train=True)
             self.train_dataset = self._checked(ds, self.max_train_images)
         if stage in (None, "fit", "validate") and self.val_dataset is None:
-            ds = self._dataset(self.val_split, train=False)
+            ds = self._dataset(self.val_split, train=False, drop_unseen=self.val_seen_only)
             self.val_dataset = self._checked(ds, self.max_val_images)
         if stage in (None, "test") and not self.test_datasets:
             if self.test_sets:
@@ -220,7 +225,7 @@ class SemSegDataModule(L.LightningDataModule):
                     self._test_dataset(e, v) for e, v in zip(self.test_sets, self.test_vocabularies)
                 ]
             else:
-                sets = [self._dataset(self.val_split, train=False)]
+                sets = [self._dataset(self.test_split, train=False, drop_unseen=False)]
             self.test_datasets = [self._checked(d, self.max_val_images) for d in sets]
 
     # ------------------------------------------------------------------ counts
@@ -266,12 +271,13 @@ class SemSegDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset, self.batch_size, self.vocabulary.ignore_index, True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation split at the test resolution, main vocabulary."""
+        """Validation split at the test resolution, main vocabulary (``val_seen_only``: unseen
+        pixels ignored, images without a seen pixel dropped)."""
         ignore = self.vocabulary.ignore_index
         return self._loader(self.val_dataset, self.val_batch_size, ignore, False)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        """One loader (val split) or, with ``test_sets``, a list aligned with ``test_names``.
+        """One loader (``test_split``) or, with ``test_sets``, a list aligned with ``test_names``.
 
         Samples are drawn through :class:`~maft.distributed.RankShardSampler` (test with
         ``use_distributed_sampler=False``).

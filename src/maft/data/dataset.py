@@ -122,6 +122,7 @@ class SemSegDataset(Dataset):
         layout: str = "registration",
         cache_dir: str | Path | None = None,
         allow_missing_labels: bool = True,
+        drop_unseen: bool | None = None,
     ) -> None:
         self.benchmark, self.root, self.split = benchmark, Path(root), split
         self.layout = get_layout(benchmark, layout, root=self.root if self.root.is_dir() else "")
@@ -149,7 +150,9 @@ class SemSegDataset(Dataset):
                 self.layout.note,
             )
         space = self.layout.splits[split].label_space
-        self.drop_unseen = split == "train" and self.vocabulary.has_split
+        if drop_unseen is None:
+            drop_unseen = split == "train"
+        self.drop_unseen = bool(drop_unseen) and self.vocabulary.has_split
         self.lut = build_label_lut(self.layout, space, self.vocabulary, self.drop_unseen)
         self.num_dropped = 0
         self.num_scanned = 0

@@ -213,13 +213,23 @@ def _build() -> dict[tuple[str, str], BenchmarkLayout]:
 _LAYOUTS = _build()
 
 
-def folder_layout(label_suffix: str = ".png") -> BenchmarkLayout:
-    """Layout of the custom folder format; ``.tif`` labels are 16-bit with 65535 ignore."""
+def folder_layout(label_suffix: str = ".png", root: str | Path = "") -> BenchmarkLayout:
+    """Layout of the custom folder format; ``.tif`` labels are 16-bit with 65535 ignore.
+
+    Splits: ``train`` and ``val``, plus every other folder under ``<root>/images`` (e.g. a
+    held-out validation split ``images/heldout`` beside ``labels/heldout``).
+    """
     tif = label_suffix in (".tif", ".tiff")
+    splits = _two(("images/train", "images/val"), ("labels/train", "labels/val"))
+    images = Path(root) / "images" if root else None
+    if images is not None and images.is_dir():
+        for d in sorted(images.iterdir()):
+            if d.is_dir() and d.name not in splits:
+                splits[d.name] = SplitLayout(f"images/{d.name}", f"labels/{d.name}")
     return BenchmarkLayout(
         "folder",
         "registration",
-        _two(("images/train", "images/val"), ("labels/train", "labels/val")),
+        splits,
         label_suffix=label_suffix,
         ignore_value=65535 if tif else 255,
         image_suffixes=FOLDER_IMAGE_SUFFIXES,
@@ -255,7 +265,7 @@ def get_layout(
             raise ConfigError(
                 "the custom 'folder' format has one layout: use layout='registration'"
             )
-        return folder_layout(detect_folder_label_suffix(root) if root else ".png")
+        return folder_layout(detect_folder_label_suffix(root) if root else ".png", root)
     key = (benchmark, layout)
     if key not in _LAYOUTS:
         have = sorted(n for b, n in _LAYOUTS if b == benchmark)

@@ -2,9 +2,12 @@
 """Turn a Hydra multirun folder into one Markdown table (rows = runs, columns = metrics).
 
     python scripts/aggregate_reports.py multirun/train/2026-11-26_12-00-00 [--out table.md]
+    python scripts/aggregate_reports.py multirun/train/2026-11-26_12-00-00 --mean
 
 Each run folder holds `metrics.json` (written by maft.train / maft.eval) and
 `.hydra/overrides.yaml`; a row is named by the run's overrides, e.g. `model.ensemble.lambda_=0.4`.
+``--mean`` instead gives one row per model row and benchmark: mean ± sample standard deviation
+over the runs (e.g. the seeds of ``+sweep=seeds``), and the number of runs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -65,10 +69,38 @@ def table(rows: list[tuple[str, str, str, dict]]) -> str:
     return "\n".join(out)
 
 
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def mean_table(rows: list[tuple[str, str, str, dict]]) -> str:
+    """Markdown table, one row per (model row, benchmark): mean ± std over runs, and n."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for _, model, bench, m in rows:
+        groups.setdefault((model, bench), []).append(m)
+    cols = [(k, c) for k, c in COLUMNS if any(k in m for *_, m in rows)]
+    out = [
+        "| model | benchmark | " + " | ".join(c for _, c in cols) + " | runs |",
+        "|---|---|" + "---|" * len(cols) + "---|",
+    ]
+    for (model, bench), ms in groups.items():
+        cells = []
+        for k, _ in cols:
+            vals = [float(m[k]) for m in ms if m.get(k) is not None and not math.isnan(m[k])]
+            cells.append(_mean_std(vals))
+        out.append(f"| {model} | {bench} | " + " | ".join(cells) + f" | {len(ms)} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--mean", action="store_true", help="mean ± std over the runs per model row")
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"aggregate_reports: no such folder: {args.sweep_dir}", file=sys.stderr)
@@ -77,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"aggregate_reports: no metrics.json under {args.sweep_dir}", file=sys.stderr)
         return 2
-    text = table(rows)
+    text = mean_table(rows) if args.mean else table(rows)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

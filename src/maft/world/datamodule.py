@@ -17,8 +17,9 @@ from maft.world.writer import write_world
 class WorldDataModule(FolderDataModule):
     """Generate (or reuse) the world under ``root``, then serve it like ``data=folder``.
 
-    ``n_train``/``n_val``/``image_size``/``seed`` define the world (a different value writes a new
-    one); every other keyword is a :class:`FolderDataModule` argument (misspelled keys fail there).
+    ``n_train``/``n_val``/``n_heldout``/``image_size``/``seed`` define the world (a different
+    value writes a new one); every other keyword is a :class:`FolderDataModule` argument
+    (misspelled keys fail there).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class WorldDataModule(FolderDataModule):
         benchmark: str = "world",
         n_train: int = 2000,
         n_val: int = 500,
+        n_heldout: int = 0,
         image_size: int = 64,
         seed: int = 0,
         vocabulary: Vocabulary | None = None,
@@ -37,7 +39,7 @@ class WorldDataModule(FolderDataModule):
         if benchmark != "world":
             raise ConfigError(f"WorldDataModule serves benchmark 'world', not {benchmark!r}")
         self.world = write_world(
-            root, n_train, n_val, size=image_size, seed=seed, progress=progress
+            root, n_train, n_val, size=image_size, seed=seed, progress=progress, n_heldout=n_heldout
         )
         super().__init__(benchmark="folder", root=root, vocabulary=vocabulary, **folder_kwargs)
         self.test_names = ["world"]

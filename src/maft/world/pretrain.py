@@ -352,7 +352,7 @@ def pretrain_world_clip(
     warmup: float = 0.1,
     pool_size: int = 10_000,
     crop_frac: float = 0.3,
-    mask_frac: float = 0.15,
+    mask_frac: float = 0.0,
     eval_images: int = 320,
     eval_scenes: int = 400,
     bf16: bool = True,

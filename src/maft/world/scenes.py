@@ -33,7 +33,9 @@ WORLD_CLASSES: tuple[str, ...] = (
 UNSEEN_CLASSES: tuple[str, ...] = ("water", "wood", "marble", "tiger")
 
 #: Random streams of :func:`scene_rng`: disjoint data for every use of the world.
-STREAMS = {"train": 1, "val": 2, "pool": 3, "eval_image": 4, "eval_region": 5, "crop": 6}
+STREAMS = {
+    "train": 1, "val": 2, "pool": 3, "eval_image": 4, "eval_region": 5, "crop": 6, "heldout": 7,
+}  # fmt: skip
 
 MAX_CAPTION_TOKENS = 18  # content tokens: 18 + start/end tokens = context length 20
 

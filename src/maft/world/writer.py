@@ -2,13 +2,15 @@
 
 Layout under ``root``::
 
-    images/{train,val}/<id>.png     RGB uint8 scenes
-    labels/{train,val}/<id>.png     8-bit class index per pixel (hard boundaries: 255 never written)
+    images/{train,val,heldout}/<id>.png   RGB uint8 scenes
+    labels/{train,val,heldout}/<id>.png   8-bit class index per pixel (255 never written)
     classes.txt                     one class per line, unseen ones suffixed "| unseen"
-    captions/{train,val}.jsonl      {"file": "<id>.png", "caption": "..."} per image
+    captions/<split>.jsonl          {"file": "<id>.png", "caption": "..."} per image
     world.json                      seed, sizes, classes, generator version (the idempotence key)
 
 Scene ``i`` of a split depends only on ``(seed, split, i)``, so splits never share images.
+``val`` is the test split; ``heldout`` is the validation split of training-time selection (the
+MAFT length), read with its unseen pixels ignored (``data.val_seen_only``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def world_vocabulary() -> Vocabulary:
     return Vocabulary.from_names(WORLD_CLASSES, [c not in UNSEEN_CLASSES for c in WORLD_CLASSES])
 
 
-def _manifest(n_train: int, n_val: int, size: int, seed: int) -> dict[str, Any]:
-    return {
+def _manifest(n_train: int, n_val: int, n_heldout: int, size: int, seed: int) -> dict[str, Any]:
+    out = {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "size": int(size),
@@ -48,6 +50,9 @@ def _manifest(n_train: int, n_val: int, size: int, seed: int) -> dict[str, Any]:
         "unseen": list(UNSEEN_CLASSES),
         "ignore_index": 255,
     }
+    if n_heldout:  # worlds written without a heldout split keep their key
+        out["n_heldout"] = int(n_heldout)
+    return out
 
 
 def _complete(root: Path, manifest: dict[str, Any]) -> bool:
@@ -78,22 +83,29 @@ def _write_split(root: Path, split: str, n: int, size: int, seed: int, progress:
 
 
 def write_world(
-    root: str | Path, n_train: int, n_val: int, size: int = 64, seed: int = 0, progress: bool = True
+    root: str | Path,
+    n_train: int,
+    n_val: int,
+    size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    n_heldout: int = 0,
 ) -> dict[str, Any]:
-    """Write the world's train/val splits under ``root``; skip when ``world.json`` already matches.
+    """Write the world's train/val(/heldout) splits under ``root``; skip if ``world.json`` matches.
 
     Returns the manifest (``world.json``'s content) plus ``root`` and ``skipped``.
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DatasetLayoutError(f"world root {root} exists and is not a folder; pick another path")
-    manifest = _manifest(n_train, n_val, size, seed)
+    manifest = _manifest(n_train, n_val, n_heldout, size, seed)
     if _complete(root, manifest):
         return {**manifest, "root": str(root), "skipped": True}
     root.mkdir(parents=True, exist_ok=True)
     (root / "world.json").unlink(missing_ok=True)  # an interrupted write leaves no valid key
-    for split, n in (("train", n_train), ("val", n_val)):
-        _write_split(root, split, n, size, seed, progress)
+    for split, n in (("train", n_train), ("val", n_val), ("heldout", n_heldout)):
+        if n > 0:
+            _write_split(root, split, n, size, seed, progress)
     world_vocabulary().write(root / "classes.txt")
     (root / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
     return {**manifest, "root": str(root), "skipped": False}
