@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=10_000, help="generated scenes in the pool")
     p.add_argument("--crop-frac", type=float, default=0.3, help="zoom crops per pool scene")
     p.add_argument(
-        "--mask-frac", type=float, default=0.0, help="mask-crops per pool scene (0.15: world_masked)"
+        "--mask-frac", type=float, default=0.0, help="mask-crops per scene (world_masked: 0.15)"
     )
     p.add_argument("--eval-images", type=int, default=320)
     p.add_argument("--eval-scenes", type=int, default=400)
