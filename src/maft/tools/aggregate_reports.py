@@ -7,7 +7,8 @@
 Each run folder holds `metrics.json` (written by maft.train / maft.eval) and
 `.hydra/overrides.yaml`; a row is named by the run's overrides, e.g. `model.ensemble.lambda_=0.4`.
 ``--mean`` instead gives one row per model row and benchmark: mean ± sample standard deviation
-over the runs (e.g. the seeds of ``+sweep=seeds``), and the number of runs.
+over the runs (e.g. the seeds of ``+sweep=seeds``), and the number of runs; ``--by KEY`` splits
+those rows by the value of one override (e.g. ``--by model.clip.start_layer``).
 """
 
 from __future__ import annotations
@@ -77,22 +78,31 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def mean_table(rows: list[tuple[str, str, str, dict]]) -> str:
-    """Markdown table, one row per (model row, benchmark): mean ± std over runs, and n."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for _, model, bench, m in rows:
-        groups.setdefault((model, bench), []).append(m)
+def override_value(run: str, key: str) -> str:
+    """The value of override ``key`` in a run name (``k=v`` items), ``default`` when absent."""
+    for item in run.split(" "):
+        name, _, value = item.lstrip("+~").partition("=")
+        if name == key:
+            return value
+    return "default"
+
+
+def mean_table(rows: list[tuple[str, str, str, dict]], by: str | None = None) -> str:
+    """Markdown table, one row per (model row, benchmark[, value of override ``by``]):
+    mean ± sample std over the runs, and their number."""
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for run, model, bench, m in rows:
+        key = (model, bench) + ((override_value(run, by),) if by else ())
+        groups.setdefault(key, []).append(m)
     cols = [(k, c) for k, c in COLUMNS if any(k in m for *_, m in rows)]
-    out = [
-        "| model | benchmark | " + " | ".join(c for _, c in cols) + " | runs |",
-        "|---|---|" + "---|" * len(cols) + "---|",
-    ]
-    for (model, bench), ms in groups.items():
-        cells = []
+    head = ["model", "benchmark"] + ([by] if by else []) + [c for _, c in cols] + ["runs"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, ms in groups.items():
+        cells = list(key)
         for k, _ in cols:
             vals = [float(m[k]) for m in ms if m.get(k) is not None and not math.isnan(m[k])]
             cells.append(_mean_std(vals))
-        out.append(f"| {model} | {bench} | " + " | ".join(cells) + f" | {len(ms)} |")
+        out.append("| " + " | ".join(cells + [str(len(ms))]) + " |")
     return "\n".join(out)
 
 
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     ap.add_argument("--mean", action="store_true", help="mean ± std over the runs per model row")
+    ap.add_argument("--by", default=None, help="with --mean: also group by this override's value")
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"aggregate_reports: no such folder: {args.sweep_dir}", file=sys.stderr)
@@ -109,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"aggregate_reports: no metrics.json under {args.sweep_dir}", file=sys.stderr)
         return 2
-    text = mean_table(rows) if args.mean else table(rows)
+    text = mean_table(rows, args.by) if args.mean else table(rows)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
