@@ -66,3 +66,51 @@ def test_errors_name_the_path(tmp_path: Path) -> None:
         write_world(blocker, 1, 1, progress=False)
     with pytest.raises(DatasetLayoutError, match="val.jsonl"):
         read_captions(tmp_path, "val")
+
+
+def test_heldout_split_is_written_from_its_own_stream(tmp_path: Path) -> None:
+    out = write_world(tmp_path, 2, 2, size=32, seed=3, progress=False, n_heldout=3)
+    assert out["skipped"] is False and out["n_heldout"] == 3
+    assert json.loads((tmp_path / "world.json").read_text())["n_heldout"] == 3
+    images = sorted(p.name for p in (tmp_path / "images/heldout").glob("*.png"))
+    labels = sorted(p.name for p in (tmp_path / "labels/heldout").glob("*.png"))
+    assert images == labels == ["000000.png", "000001.png", "000002.png"]
+    assert [c["file"] for c in read_captions(tmp_path, "heldout")] == images
+    for i in range(3):
+        sc = generate_scene(scene_rng(3, "heldout", i), 32)
+        image = np.asarray(Image.open(tmp_path / f"images/heldout/{i:06d}.png"))
+        np.testing.assert_array_equal(image, sc.image)
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / f"labels/heldout/{i:06d}.png")), sc.label
+        )
+        for other in ("train", "val") if i < 2 else ():  # same index, another split's scene
+            pixels = np.asarray(Image.open(tmp_path / f"images/{other}/{i:06d}.png"))
+            assert not np.array_equal(image, pixels), (other, i)
+    again = write_world(tmp_path, 2, 2, size=32, seed=3, progress=False, n_heldout=3)
+    assert again["skipped"] is True
+
+
+def test_no_heldout_keeps_the_old_manifest_and_reuses_the_world(tmp_path: Path) -> None:
+    first = write_world(tmp_path, 2, 1, size=32, seed=1, progress=False)
+    meta = json.loads((tmp_path / "world.json").read_text())
+    assert "n_heldout" not in meta and "n_heldout" not in first
+    assert set(meta) == {
+        "generator_version", "seed", "size", "n_train", "n_val", "classes", "unseen",
+        "ignore_index",
+    }  # fmt: skip
+    assert not (tmp_path / "images/heldout").exists()
+    assert not (tmp_path / "captions/heldout.jsonl").exists()
+    png = tmp_path / "images/train/000000.png"
+    stamp = png.stat().st_mtime_ns
+    again = write_world(tmp_path, 2, 1, size=32, seed=1, progress=False, n_heldout=0)
+    assert again["skipped"] is True and png.stat().st_mtime_ns == stamp
+    # asking for a heldout split is another world: written, with its key
+    grown = write_world(tmp_path, 2, 1, size=32, seed=1, progress=False, n_heldout=1)
+    assert grown["skipped"] is False and len(list((tmp_path / "images/heldout").glob("*.png"))) == 1
+    assert json.loads((tmp_path / "world.json").read_text())["n_heldout"] == 1
+
+
+def test_heldout_stream_is_its_own() -> None:
+    from maft.world.scenes import STREAMS
+
+    assert "heldout" in STREAMS and len(set(STREAMS.values())) == len(STREAMS)
