@@ -244,37 +244,55 @@ class ValidationCurve(L.Callback):
     so the stage ends with the selected weights. A validation run before the first step (step 0)
     enters the curve and can win: then the stage ends where it started. Curve, best step and
     best parameters travel in the stage's checkpoints, so a resumed stage selects the same way.
+
+    With ``every`` only validations at multiples of ``every`` count (Lightning also validates
+    when a stop is requested; that point is left out, so a stopped and resumed stage has the
+    curve of an uninterrupted one). A checkpoint saved at a validation step before that step's
+    validation ran (checkpoints are written at the end of the training batch, validation comes
+    after) records the step as ``pending``; the runner validates it first when it resumes
+    (:meth:`pending_in`, ``next_step``), and :meth:`load_state_dict` merges that point in.
     """
 
-    def __init__(self, monitor: str, keep_best: bool = False) -> None:
+    def __init__(self, monitor: str, keep_best: bool = False, every: int | None = None) -> None:
         self.monitor, self.keep_best = monitor, bool(keep_best)
+        self.every = int(every) if every else None
         self.curve: list[tuple[int, float]] = []
         self.best_step: int | None = None
         self.best_value = -math.inf
         self._best: dict[str, torch.Tensor] = {}
+        self.next_step: int | None = None  # the step the next validation stands for (resume)
 
     @staticmethod
     def _trainable(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            raise MaftError(
-                f"validation logged no {self.monitor!r} (logged: "
-                f"{sorted(trainer.callback_metrics)}); the validation curve needs it"
-            )
-        step, value = int(trainer.global_step), float(value)
-        self.curve = [(s, v) for s, v in self.curve if s != step] + [(step, value)]
-        if math.isfinite(value) and value > self.best_value:
+    def _record(self, step: int, value: float, pl_module: L.LightningModule) -> None:
+        self.curve = sorted([(s, v) for s, v in self.curve if s != step] + [(step, value)])
+        better = value > self.best_value or (
+            value == self.best_value and self.best_step is not None and step < self.best_step
+        )
+        if math.isfinite(value) and better:
             self.best_step, self.best_value = step, value
             if self.keep_best:
                 self._best = {
                     n: p.detach().to("cpu", copy=True)
                     for n, p in self._trainable(pl_module).items()
                 }
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        step = int(trainer.global_step) if self.next_step is None else self.next_step
+        self.next_step = None
+        if self.every and step % self.every:
+            return  # a validation Lightning runs on a requested stop: not a point of the curve
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise MaftError(
+                f"validation logged no {self.monitor!r} (logged: "
+                f"{sorted(trainer.callback_metrics)}); the validation curve needs it"
+            )
+        self._record(step, float(value), pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.keep_best and self._best):
@@ -302,7 +320,7 @@ class ValidationCurve(L.Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Curve, best step / value and (with ``keep_best``) the best trainable parameters."""
+        """Curve, best step / value and (``keep_best``) the best trainable parameters."""
         return {
             "curve": list(self.curve),
             "best_step": self.best_step,
@@ -310,12 +328,38 @@ class ValidationCurve(L.Callback):
             "best": dict(self._best),
         }
 
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Mark a validation step saved before its validation ran as ``pending``."""
+        step = int(trainer.global_step)
+        due = bool(self.every) and step > 0 and step % self.every == 0
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if isinstance(state, dict):
+            state["pending"] = step if due and step not in dict(self.curve) else None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the curve and the selection of a resumed stage."""
-        self.curve = [(int(s), float(v)) for s, v in state_dict.get("curve", [])]
-        self.best_step = state_dict.get("best_step")
-        self.best_value = float(state_dict.get("best_value", -math.inf))
-        self._best = dict(state_dict.get("best") or {})
+        """Continue a resumed stage's curve, merged with points recorded in this session."""
+        mine = dict(self.curve)
+        theirs = {int(s): float(v) for s, v in state_dict.get("curve", [])}
+        self.curve = sorted({**mine, **theirs}.items())
+        step, value = state_dict.get("best_step"), float(state_dict.get("best_value", -math.inf))
+        if step is not None and (
+            self.best_step is None
+            or value > self.best_value
+            or (value == self.best_value and int(step) < self.best_step)
+        ):
+            self.best_step, self.best_value = int(step), value
+            self._best = dict(state_dict.get("best") or {})
+
+    @staticmethod
+    def pending_in(path: str | Path) -> int | None:
+        """The ``pending`` validation step recorded in a checkpoint's ValidationCurve state."""
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        for key, state in (ckpt.get("callbacks") or {}).items():
+            if str(key).startswith("ValidationCurve") and isinstance(state, dict):
+                return state.get("pending")
+        return None
 
 
 def _display_image(
@@ -450,6 +494,7 @@ __all__ = [
     "StageProgressBar",
     "StageProgressLog",
     "TrainingInterrupted",
+    "ValidationCurve",
     "duration",
     "interactive",
 ]

@@ -43,11 +43,28 @@ def _choice(group: str) -> str | None:
         return None
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Cross-key checks Hydra's typed merge cannot make: a split file of another benchmark.
+def check_maft_selection(keep: str, every: int | None) -> None:
+    """``model.maft.keep`` is last or best; best needs a positive ``val_every``."""
+    if keep not in ("last", "best"):
+        raise ConfigError(f"model.maft.keep={keep!r}: use last or best")
+    if every is not None and int(every) <= 0:
+        raise ConfigError(f"model.maft.val_every={every}: give a positive number of steps or null")
+    if keep == "best" and every is None:
+        raise ConfigError(
+            "model.maft.keep=best selects on the validation curve: set model.maft.val_every "
+            "(steps between validations on data.val_split)"
+        )
 
-    Raises ``ConfigError`` with one line naming both choices.
+
+def check_config(cfg: DictConfig) -> None:
+    """Cross-key checks Hydra's typed merge cannot make: a split file of another benchmark,
+    MAFT's length selection (``model.maft.keep`` / ``val_every``).
+
+    Raises ``ConfigError`` with one line naming the keys.
     """
+    maft = (cfg.get("model") or {}).get("maft")
+    if maft is not None:
+        check_maft_selection(str(maft.get("keep", "last")), maft.get("val_every"))
     split, data = cfg.get("split"), cfg.get("data")
     if not split or not data:
         return

@@ -50,7 +50,7 @@ from maft.callbacks import (
     duration,
     interactive,
 )
-from maft.config import check_config
+from maft.config import check_config, check_maft_selection
 from maft.data.vocabulary import Vocabulary
 from maft.distributed import StepSeeder
 from maft.errors import ConfigError, MaftError
@@ -649,24 +649,16 @@ def _validation_setup(cfg: DictConfig, stage: str) -> tuple[dict[str, Any], Vali
     if stage != "maft":
         return {}, None
     every, keep = cfg.model.maft.get("val_every"), str(cfg.model.maft.get("keep", "last"))
-    if keep not in ("last", "best"):
-        raise ConfigError(f"model.maft.keep={keep!r}: use last or best")
-    if not every:
-        if keep == "best":
-            raise ConfigError(
-                "model.maft.keep=best selects on the validation curve: set model.maft.val_every "
-                "(steps between validations on data.val_split)"
-            )
+    check_maft_selection(keep, every)
+    if every is None:
         return {}, None
-    if int(every) <= 0:
-        raise ConfigError(f"model.maft.val_every={every}: give a positive number of steps or null")
     kwargs = {
         "val_check_interval": int(every),
         "check_val_every_n_epoch": None,  # count steps across epochs
         "limit_val_batches": 1.0,
         "num_sanity_val_steps": 0,
     }
-    return kwargs, ValidationCurve(VALIDATION_MONITOR, keep_best=keep == "best")
+    return kwargs, ValidationCurve(VALIDATION_MONITOR, keep_best=keep == "best", every=int(every))
 
 
 def _load_weights(task: L.LightningModule, path: str | Path) -> None:
@@ -715,6 +707,11 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None =
         elif cfg.get("ckpt_path") == "last":
             log.info("%s: no checkpoint of this stage yet, starting at step 0", label)
         if curve is not None and not resume:  # the curve's step 0: where fine-tuning starts
+            trainer.validate(task, datamodule=dm, verbose=False)
+        pending = ValidationCurve.pending_in(resume) if curve is not None and resume else None
+        if pending is not None:  # saved at a validation step before its validation ran
+            _load_weights(task, resume)
+            curve.next_step = pending
             trainer.validate(task, datamodule=dm, verbose=False)
         trainer.fit(task, datamodule=dm, ckpt_path=resume)
         stopper = _find(trainer, GracefulStop)

@@ -59,12 +59,6 @@ def test_validation_setup_refuses(maft: dict, match: str) -> None:
         _validation_setup(_maft_cfg(**maft), "maft")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE
-    reason="runner._validation_setup: `if not every` treats val_every=0 like null (no "
-    "validation) when keep=last, instead of the ConfigError a val_every <= 0 gets",
-)
 def test_val_every_zero_is_refused_with_keep_last() -> None:
     with pytest.raises(ConfigError, match="val_every=0"):
         _validation_setup(_maft_cfg(val_every=0, keep="last"), "maft")
@@ -99,12 +93,6 @@ def test_world_configs_validate_on_heldout_seen_only(tmp_path: Path) -> None:
     assert quick.model.maft.keep == "best"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # stage 1 started
-    reason="runner: model.maft.keep / val_every are only checked when the maft stage starts "
-    "(_validation_setup in _fit_stage), after stage 1 has trained",
-)
 def test_a_bad_keep_fails_before_stage_one_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
