@@ -63,9 +63,19 @@ def check_config(cfg: DictConfig) -> None:
     Raises ``ConfigError`` with one line naming the keys.
     """
     maft = (cfg.get("model") or {}).get("maft")
+    data = cfg.get("data")
     if maft is not None:
-        check_maft_selection(str(maft.get("keep", "last")), maft.get("val_every"))
-    split, data = cfg.get("split"), cfg.get("data")
+        keep = str(maft.get("keep", "last"))
+        check_maft_selection(keep, maft.get("val_every"))
+        if keep == "best" and data and not data.get("test_sets"):
+            val = data.get("val_split", "val")
+            if (data.get("test_split") or val) == val:
+                raise ConfigError(
+                    f"model.maft.keep=best would choose the MAFT length on the split it is tested "
+                    f"on (data.val_split={val} is also the test split): give a held-out "
+                    "validation split (data.val_split=<folder>, data.test_split=val) or keep=last"
+                )
+    split = cfg.get("split")
     if not split or not data:
         return
     owner, bench = split.get("benchmark"), data.get("benchmark")

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 import maft.runner as runner
 from maft.callbacks import ValidationCurve
-from maft.config import compose
+from maft.config import check_config, compose
 from maft.errors import ConfigError
 from maft.runner import VALIDATION_MONITOR, _validation_setup, run_train
 
@@ -256,3 +256,19 @@ def test_a_resumed_run_evaluates_the_finished_stages_weights(
     assert summary["meta"]["maft_validation"] == run.summary["meta"]["maft_validation"]
     report = (again / "report.md").read_text()
     assert "| 2 | 3.00 (kept) |" in report
+
+
+def test_keep_best_refuses_to_select_on_the_test_split(tmp_path: Path) -> None:
+    """Choosing the MAFT length on the split that is then tested is refused with the config;
+    the world (heldout vs val) passes, and folder_cpu (no held-out split) keeps the last step."""
+    base = ["experiment=world", f"paths.cache_dir={tmp_path}"]
+    check_config(compose(base, output_dir=tmp_path / "ok"))
+    for bad in (["data.val_split=val"], ["data.test_split=heldout"]):
+        with pytest.raises(ConfigError, match="tested on"):
+            check_config(compose(base + bad, output_dir=tmp_path / "bad"))
+    folder = compose(
+        ["experiment=folder_cpu", f"data.root={tmp_path}", f"paths.cache_dir={tmp_path}"],
+        output_dir=tmp_path / "f",
+    )
+    assert folder.model.maft.keep == "last" and folder.model.maft.val_every is None
+    check_config(folder)

@@ -16,8 +16,11 @@ def _scenes(n: int, size: int = 64, seed: int = 0) -> list:
 
 
 def test_class_list_and_split() -> None:
-    assert len(WORLD_CLASSES) == 16 and len(set(WORLD_CLASSES)) == 16
-    assert len(UNSEEN_CLASSES) == 4 and set(UNSEEN_CLASSES) <= set(WORLD_CLASSES)
+    assert len(WORLD_CLASSES) == 24 and len(set(WORLD_CLASSES)) == 24
+    assert len(UNSEEN_CLASSES) == 8 and set(UNSEEN_CLASSES) <= set(WORLD_CLASSES)
+    from maft.world.textures import PAINTERS
+
+    assert list(PAINTERS) == list(WORLD_CLASSES)  # one painter per class, in label order
 
 
 def test_same_seed_same_scene_and_streams_differ() -> None:
@@ -72,8 +75,9 @@ def test_caption_lengths_with_real_tokenizer() -> None:
     tok = get_tokenizer("maft-world")
     captions = [sc.caption for sc in _scenes(60, 32, seed=4)]
     rng = np.random.default_rng(0)
-    four = [WORLD_CLASSES[i] for i in (12, 13, 14, 15)]
-    captions += [make_caption(rng, four, [0.1, 0.2, 0.3, 0.4]) for _ in range(60)]
+    for group in range(len(WORLD_CLASSES) // 4):  # every class name in four-region captions
+        four = list(WORLD_CLASSES[4 * group : 4 * group + 4])
+        captions += [make_caption(rng, four, [0.1, 0.2, 0.3, 0.4]) for _ in range(15)]
     ids = tok(captions)  # [N, 20]
     assert ids.shape[1] == 20
     for cap, row in zip(captions, ids.tolist()):
