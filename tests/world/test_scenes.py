@@ -16,8 +16,8 @@ def _scenes(n: int, size: int = 64, seed: int = 0) -> list:
 
 
 def test_class_list_and_split() -> None:
-    assert len(WORLD_CLASSES) == 24 and len(set(WORLD_CLASSES)) == 24
-    assert len(UNSEEN_CLASSES) == 8 and set(UNSEEN_CLASSES) <= set(WORLD_CLASSES)
+    assert len(WORLD_CLASSES) == 16 and len(set(WORLD_CLASSES)) == 16
+    assert len(UNSEEN_CLASSES) == 4 and set(UNSEEN_CLASSES) <= set(WORLD_CLASSES)
     from maft.world.textures import PAINTERS
 
     assert list(PAINTERS) == list(WORLD_CLASSES)  # one painter per class, in label order

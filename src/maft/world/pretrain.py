@@ -7,7 +7,7 @@ horizontal flips. The training pool holds whole scenes, zoom crops re-captioned 
 map, and single regions mask&cropped onto the mean colour as the frozen-CLIP baseline crops them
 ("a photo of a large tiger."; 15 % of the pool by default: +4 points region accuracy). The token
 embedding (6.3 M of the 7.8 M parameters; about 60 rows used) trains with sparse gradients.
-Every caption names classes only; CLIP sees all 24 classes, seen and unseen, as real CLIP saw
+Every caption names classes only; CLIP sees all 16 classes, seen and unseen, as real CLIP saw
 "giraffe" in web captions. ``torch.set_num_threads`` is left to the caller.
 """
 
@@ -248,9 +248,9 @@ def _class_mean(pred: torch.Tensor, gt: torch.Tensor, classes: list[int]) -> flo
 
 
 def _text_embeddings(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
-    """ViLD-template text classifier of the world classes; ``requires_grad`` flags left as found."""
+    """ViLD-template text classifier of the 16 classes; ``requires_grad`` flags left as found."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    emb = TextClassifier(model, tokenizer)(list(WORLD_CLASSES))  # [C, D]
+    emb = TextClassifier(model, tokenizer)(list(WORLD_CLASSES))  # [16, D]
     for n, p in model.named_parameters():
         p.requires_grad_(flags[n])
     return emb

@@ -283,95 +283,7 @@ def giraffe(rng: np.random.Generator, size: int) -> Array:
     return _mix(patch, _hsv(0.11, rng.uniform(0.15, 0.3), 0.92), line)
 
 
-def moss(rng: np.random.Generator, size: int) -> Array:
-    """Dark olive-green cushions: soft clumps with fine speckle, darker in the gaps."""
-    col = _hsv(rng.uniform(0.17, 0.24), rng.uniform(0.55, 0.8), rng.uniform(0.35, 0.5))
-    clumps = fbm(rng, size, 6, 2)
-    speck = rng.normal(0, 0.08, (size, size)).astype(np.float32)
-    return np.clip(_shade(col, 0.85 + 0.35 * clumps + speck), 0, 1)
-
-
-def ice(rng: np.random.Generator, size: int) -> Array:
-    """Pale cyan sheet with thin white cracks and cloudy depth."""
-    col = _hsv(rng.uniform(0.48, 0.54), rng.uniform(0.2, 0.38), rng.uniform(0.78, 0.92))
-    img = _shade(col, 0.9 + 0.12 * fbm(rng, size, 2, 3))
-    f1, f2, _ = worley(rng, size, rng.uniform(12, 20))
-    crack = np.clip(1.2 - 2.0 * (f2 - f1), 0, 1)
-    return _mix(img, np.ones(3, np.float32), crack * 0.8)
-
-
-def rust(rng: np.random.Generator, size: int) -> Array:
-    """Orange-brown corroded metal: blotchy stains, dark pits and grey metal showing through."""
-    stain = fbm(rng, size, 4, 3)
-    base = _hsv(rng.uniform(0.04, 0.08), rng.uniform(0.7, 0.9), rng.uniform(0.45, 0.65))
-    metal = _hsv(0.6, 0.05, rng.uniform(0.45, 0.6))
-    img = _mix(_shade(base, 0.85 + 0.3 * stain), metal, np.clip(stain * 2.5 - 1.2, 0, 1))
-    pits = (rng.random((size, size)) < 0.04).astype(np.float32)
-    return _mix(img, np.full(3, 0.12, np.float32), pits * 0.8)
-
-
-def denim(rng: np.random.Generator, size: int) -> Array:
-    """Indigo twill: fine diagonal weave lines with faded light threads."""
-    yy, xx = _grid(size)
-    col = _hsv(rng.uniform(0.6, 0.66), rng.uniform(0.55, 0.75), rng.uniform(0.45, 0.62))
-    period = rng.uniform(2.2, 3.2)
-    twill = np.sin((xx + yy) * (2 * np.pi / period))
-    fade = np.clip(fbm(rng, size, 3) * 1.5 + 0.2, 0, 1) * 0.35
-    img = _shade(col, 0.9 + 0.15 * twill)
-    return _mix(img, _hsv(0.6, 0.15, 0.9), fade)
-
-
-def bark(rng: np.random.Generator, size: int) -> Array:
-    """Grey tree bark: deep dark vertical furrows, rough lichen-flecked ridges between them."""
-    yy, xx = _grid(size)
-    col = _hsv(rng.uniform(0.07, 0.12), rng.uniform(0.08, 0.2), rng.uniform(0.5, 0.65))
-    u = xx + rng.uniform(3, 6) * value_noise(rng, size, 6, 2)  # furrows bend along y
-    ridge = np.abs(np.sin(u * (np.pi / rng.uniform(5.0, 8.0))))
-    rough = 0.3 * value_noise(rng, size, 24, 8) + rng.normal(0, 0.06, (size, size))
-    img = _shade(col, 0.25 + 0.85 * ridge**0.5 + rough.astype(np.float32))
-    lichen = (fbm(rng, size, 6, 2) > 0.45).astype(np.float32) * 0.6
-    return _mix(img, _hsv(0.2, 0.35, 0.75), lichen)
-
-
-def honeycomb(rng: np.random.Generator, size: int) -> Array:
-    """Amber hexagonal wax cells with bright walls and darker honey centres."""
-    yy, xx = _grid(size)
-    r = rng.uniform(3.5, 5.0)
-    w, h = np.sqrt(3.0) * r, 1.5 * r
-    row = np.floor(yy / h)
-    cx = xx - (row % 2) * w / 2
-    # distance to the nearest hexagon centre (approximate with the offset grid)
-    dy = (yy % h) - h / 2
-    dx = (cx % w) - w / 2
-    d = np.sqrt(dx**2 + (dy * 1.15) ** 2) / r
-    honey = _hsv(rng.uniform(0.08, 0.12), rng.uniform(0.85, 1.0), rng.uniform(0.6, 0.8))
-    wall = _hsv(0.13, rng.uniform(0.35, 0.5), 0.95)
-    return _mix(_shade(honey, 1.1 - 0.5 * np.clip(1 - d, 0, 1)), wall, np.clip((d - 0.8) * 4, 0, 1))
-
-
-def checker(rng: np.random.Generator, size: int) -> Array:
-    """A black and white checkerboard floor, slightly rotated."""
-    yy, xx = _grid(size)
-    th = rng.uniform(-0.35, 0.35)
-    t = rng.uniform(6, 10)
-    u = xx * np.cos(th) + yy * np.sin(th)
-    v = -xx * np.sin(th) + yy * np.cos(th)
-    sq = (np.floor(u / t) + np.floor(v / t)) % 2
-    dark, light = np.full(3, rng.uniform(0.05, 0.15), np.float32), np.full(3, 0.92, np.float32)
-    return _mix(dark, light, sq.astype(np.float32))
-
-
-def coral(rng: np.random.Generator, size: int) -> Array:
-    """Pink and coral-red branching growths over a deep blue-green sea floor."""
-    u = fbm(rng, size, 5, 3)
-    branches = np.clip((np.abs(u) < rng.uniform(0.12, 0.2)).astype(np.float32), 0, 1)
-    pink = _hsv(rng.uniform(-0.03, 0.03), rng.uniform(0.45, 0.7), rng.uniform(0.85, 1.0))
-    sea = _hsv(rng.uniform(0.45, 0.52), 0.7, rng.uniform(0.25, 0.35))
-    img = _mix(np.broadcast_to(sea, (size, size, 3)), pink, branches)
-    return _shade(img, 0.9 + 0.15 * value_noise(rng, size, 8))
-
-
-#: Class name -> painter, in the world's class order (indices 0..23).
+#: Class name -> painter, in the world's class order (indices 0..15).
 PAINTERS: dict[str, Painter] = {
     "sky": sky,
     "grass": grass,
@@ -389,14 +301,6 @@ PAINTERS: dict[str, Painter] = {
     "tiger": tiger,
     "leopard": leopard,
     "giraffe": giraffe,
-    "moss": moss,
-    "ice": ice,
-    "rust": rust,
-    "denim": denim,
-    "bark": bark,
-    "honeycomb": honeycomb,
-    "checker": checker,
-    "coral": coral,
 }
 
 

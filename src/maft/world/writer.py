@@ -35,7 +35,7 @@ from maft.world.scenes import (
 
 
 def world_vocabulary() -> Vocabulary:
-    """The world's vocabulary: 24 classes, :data:`UNSEEN_CLASSES` marked unseen, ignore 255."""
+    """The world's vocabulary: 16 classes, :data:`UNSEEN_CLASSES` marked unseen, ignore 255."""
     return Vocabulary.from_names(WORLD_CLASSES, [c not in UNSEEN_CLASSES for c in WORLD_CLASSES])
 
 
