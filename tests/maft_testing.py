@@ -108,15 +108,14 @@ def quiet_trainer(tmp_path: Path, steps: int, **kwargs: Any) -> Any:
     """A 1-device CPU Lightning Trainer for unit tests: no logger, checkpoints, bars or summary."""
     import lightning as L
 
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    args = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(max_steps=steps, **{**args, **kwargs})

@@ -19,6 +19,7 @@ from maft.callbacks import GracefulStop, ValidationCurve
 from maft.errors import MaftError
 from maft.reports import render_report, validation_section
 from maft.runner import validation_facts
+from maft_testing import quiet_trainer
 
 MONITOR = "val/score"
 
@@ -220,6 +221,25 @@ class _Snapshots(L.Callback):
             self.at[int(trainer.global_step)] = _trainable(pl_module)
 
 
+def _loaders() -> tuple[DataLoader, DataLoader]:
+    """Training (64 samples, batch 4) and validation (one batch of 4) loaders, fixed data."""
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(torch.randn(64, 3, generator=g)), batch_size=4)
+    return train, DataLoader(TensorDataset(torch.randn(4, 3, generator=g)), batch_size=4)
+
+
+def _trainer(tmp_path: Path, callbacks: list[L.Callback], **kwargs: object) -> L.Trainer:
+    """6 steps on the CPU, a validation every 2 steps counted across epochs."""
+    return quiet_trainer(
+        tmp_path,
+        6,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
 def test_in_a_lightning_trainer_the_best_step_is_kept_and_saved(tmp_path: Path) -> None:
     """validate() at step 0, then fit with a sanity check (whose value would win) and a
     validation every 2 steps; the best (earliest of a tie) is restored at the end of fit and
@@ -228,23 +248,8 @@ def test_in_a_lightning_trainer_the_best_step_is_kept_and_saved(tmp_path: Path) 
     net = _Net(scores)
     frozen0 = _frozen(net)
     snaps, curve = _Snapshots(), ValidationCurve(MONITOR, keep_best=True)
-    g = torch.Generator().manual_seed(0)
-    train = DataLoader(TensorDataset(torch.randn(64, 3, generator=g)), batch_size=4)
-    val = DataLoader(TensorDataset(torch.randn(4, 3, generator=g)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=1,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        default_root_dir=tmp_path,
-        callbacks=[snaps, curve],
-    )
+    train, val = _loaders()
+    trainer = _trainer(tmp_path, [snaps, curve], num_sanity_val_steps=1)
     trainer.validate(net, dataloaders=val, verbose=False)
     trainer.fit(net, train_dataloaders=train, val_dataloaders=val)
 
@@ -289,23 +294,8 @@ def _session(
     validation every 2 steps and keep-best."""
     net, snaps = _Net(RESUME_SCORES), _Snapshots()
     curve = ValidationCurve(MONITOR, keep_best=True, every=2)
-    g = torch.Generator().manual_seed(0)
-    train = DataLoader(TensorDataset(torch.randn(64, 3, generator=g)), batch_size=4)
-    val = DataLoader(TensorDataset(torch.randn(4, 3, generator=g)), batch_size=4)
-    trainer = L.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        val_check_interval=2,
-        check_val_every_n_epoch=None,
-        default_root_dir=tmp_path,
-        callbacks=[snaps, *callbacks, curve],
-    )
+    train, val = _loaders()
+    trainer = _trainer(tmp_path, [snaps, *callbacks, curve])
     if ckpt_path is None:
         trainer.validate(net, dataloaders=val, verbose=False)
     pending = None if ckpt_path is None else ValidationCurve.pending_in(ckpt_path)
