@@ -353,13 +353,19 @@ class ValidationCurve(L.Callback):
             self._best = dict(state_dict.get("best") or {})
 
     @staticmethod
-    def pending_in(path: str | Path) -> int | None:
-        """The ``pending`` validation step recorded in a checkpoint's ValidationCurve state."""
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        for key, state in (ckpt.get("callbacks") or {}).items():
+    def pending_of(checkpoint: dict[str, Any]) -> int | None:
+        """The ``pending`` validation step recorded in a loaded checkpoint's curve state."""
+        for key, state in (checkpoint.get("callbacks") or {}).items():
             if str(key).startswith("ValidationCurve") and isinstance(state, dict):
                 return state.get("pending")
         return None
+
+    @staticmethod
+    def pending_in(path: str | Path) -> int | None:
+        """:meth:`pending_of` for a checkpoint file (memory-mapped read)."""
+        return ValidationCurve.pending_of(
+            torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        )
 
 
 def _display_image(

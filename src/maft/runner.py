@@ -50,6 +50,7 @@ from maft.callbacks import (
     duration,
     interactive,
 )
+from maft.checkpoints import read_lightning_checkpoint
 from maft.config import check_config, check_maft_selection
 from maft.data.vocabulary import Vocabulary
 from maft.distributed import StepSeeder
@@ -461,14 +462,19 @@ def _resume_path(cfg: DictConfig, stage: str) -> str | None:
 
 
 def _checkpoint_facts(path: str | Path) -> dict[str, Any]:
-    """``global_step`` and the stage clock's seconds of a checkpoint (memory-mapped read)."""
+    """``global_step``, the stage clock's seconds and the validation curve's pending step of a
+    checkpoint (memory-mapped read)."""
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported by Lightning itself
         log.warning("could not read %s: %s", path, err)
         return {}
     clock = (ckpt.get("callbacks") or {}).get("StageClock") or {}
-    return {"step": int(ckpt.get("global_step", 0)), "seconds": clock.get("seconds")}
+    return {
+        "step": int(ckpt.get("global_step", 0)),
+        "seconds": clock.get("seconds"),
+        "pending": ValidationCurve.pending_of(ckpt),
+    }
 
 
 def _stage_record(folder: Path) -> dict[str, Any]:
@@ -662,8 +668,9 @@ def _validation_setup(cfg: DictConfig, stage: str) -> tuple[dict[str, Any], Vali
 
 
 def _load_weights(task: L.LightningModule, path: str | Path) -> None:
-    """Put a finished stage's weights (``final.ckpt``) into ``task`` (a stage skipped on resume)."""
-    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    """Put a stage checkpoint's weights into ``task`` (a stage skipped on resume, or the step of a
+    pending validation)."""
+    ckpt = read_lightning_checkpoint(path)
     task.load_state_dict(ckpt["state_dict"])
 
 
@@ -700,15 +707,16 @@ def _fit_stage(cfg, task, dm, stage: str, max_steps: int, story: _Story | None =
         for cb in trainer.callbacks:
             if isinstance(cb, StageProgressBar | StageProgressLog):
                 cb.label = label
+        facts = _checkpoint_facts(resume) if resume else {}
         if resume:
-            step = _checkpoint_facts(resume).get("step", "?")
+            step = facts.get("step", "?")
             log.info("%s: resuming from step %s of %d (%s)", label, step, max_steps, resume)
             story.resumed[stage] = f"from step {step} ({resume})"
         elif cfg.get("ckpt_path") == "last":
             log.info("%s: no checkpoint of this stage yet, starting at step 0", label)
         if curve is not None and not resume:  # the curve's step 0: where fine-tuning starts
             trainer.validate(task, datamodule=dm, verbose=False)
-        pending = ValidationCurve.pending_in(resume) if curve is not None and resume else None
+        pending = facts.get("pending") if curve is not None else None
         if pending is not None:  # saved at a validation step before its validation ran
             _load_weights(task, resume)
             curve.next_step = pending
