@@ -28,7 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--pool-size", type=int, default=10_000, help="generated scenes in the pool")
-    p.add_argument("--crop-frac", type=float, default=0.3, help="zoom crops per pool scene")
+    p.add_argument(
+        "--crop-frac", type=float, default=0.0, help="zoom crops per pool scene (world_zoom: 0.3)"
+    )
     p.add_argument(
         "--mask-frac", type=float, default=0.0, help="mask-crops per scene (world_masked: 0.15)"
     )

@@ -77,6 +77,35 @@ def test_pool_sizes_and_keys() -> None:
     assert bool((pool.keys > 0).all())
 
 
+def test_default_pool_is_whole_scenes_only() -> None:
+    """The default recipe (OpenAI CLIP's): every pool item is a whole scene with its own caption."""
+    from maft.world.pretrain import _key, world_tokenizer
+    from maft.world.scenes import generate_scene, scene_rng
+
+    pool = build_pool(6, size=32, seed=2)
+    assert pool.images.shape == (6, 3, 32, 32)
+    for i in range(6):
+        sc = generate_scene(scene_rng(2, "pool", i), 32)
+        np.testing.assert_array_equal(pool.images[i].permute(1, 2, 0).numpy(), sc.image)
+        assert int(pool.keys[i]) == _key(sc.classes)
+        assert torch.equal(pool.tokens[i], world_tokenizer()([sc.caption])[0])
+
+
+def test_ablation_recipes_keep_their_cache_keys() -> None:
+    """world_zoom / world_masked name their pool fractions, so their cached CLIPs stay valid."""
+    from maft.config import compose
+
+    def key(clip: str) -> str:
+        cfg = compose(["experiment=world", f"model/clip={clip}"])
+        return config_key(**dict(cfg.model.clip.world_pretrain))  # as ensure_world_clip keys it
+
+    default, zoom, masked = key("world"), key("world_zoom"), key("world_masked")
+    assert default == config_key(0, steps=240, budget_s=None, crop_frac=0.0, mask_frac=0.0)
+    assert zoom == config_key(0, steps=240, budget_s=None, crop_frac=0.3, mask_frac=0.0)
+    assert masked == config_key(0, steps=240, budget_s=None, crop_frac=0.3, mask_frac=0.15)
+    assert len({default, zoom, masked}) == 3
+
+
 def _load_script():
     path = ROOT / "scripts" / "pretrain_world_clip.py"
     spec = importlib.util.spec_from_file_location("pretrain_script", path)
