@@ -9,9 +9,9 @@ wall and CPU seconds, first batch vs the median later batch, and the time spent 
 generator, the CLIP image passes, text embeddings (calls and real encodes), data loading and the
 Lightning test loop, Python's full garbage collections, page faults and context switches; plus
 what each evaluation trainer ran with (precision, autocast, threads, inference mode, grad) and
-the OpenMP wait policy (set as the command lines set it, :mod:`maft.omp`, unless given). Prints a
-table and writes JSON; the rows' metrics are in the JSON so two versions of the code can be
-compared number for number. Nothing asserts time.
+the OpenMP wait settings (set as the command lines set them, :mod:`maft.omp`, unless given).
+Prints a table and writes JSON; the rows' metrics are in the JSON so two versions of the code can
+be compared number for number. Nothing asserts time.
 Usage: python scripts/bench_eval_rows.py [--n-val 64] [--rounds 2] [--maft-steps 4] [--out f.json]
 """
 
@@ -22,11 +22,14 @@ import contextlib
 import os
 
 try:
-    from maft.omp import passive_wait
-except ImportError:  # a maft before maft.omp: OpenMP's default policy, as its command lines had
-    pass
+    from maft.omp import bounded_spin
+except ImportError:  # an older maft: whatever policy its command lines set, if any
+    with contextlib.suppress(ImportError):
+        from maft.omp import passive_wait
+
+        passive_wait()
 else:
-    passive_wait()
+    bounded_spin()
 
 import argparse
 import gc
@@ -275,7 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "setup_s": setup_s,
         "eval_setup_s": setup.get("eval setup"),
         "machine": machine(),
-        "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        "env": {
+            k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+        },
         "rows": rows,
         "ratios": ratios(rows),
     }
@@ -342,7 +347,8 @@ def main() -> None:
     print(table(result))
     setup = result["eval_setup_s"]
     print(
-        f"OMP_WAIT_POLICY={result['env']['OMP_WAIT_POLICY']}, torch threads "
+        f"OMP_WAIT_POLICY={result['env']['OMP_WAIT_POLICY']}, "
+        f"GOMP_SPINCOUNT={result['env'].get('GOMP_SPINCOUNT')}, torch threads "
         f"{result['machine']['threads']}; eval setup outside the rows: "
         + ("none (no runner.evaluation_rows)" if setup is None else f"{setup:.2f} s")
     )

@@ -1,18 +1,22 @@
-"""Idle OpenMP threads sleep instead of spinning in maft's command lines (``OMP_WAIT_POLICY``).
+"""Idle OpenMP threads spin briefly, then sleep, in maft's command lines (``GOMP_SPINCOUNT``).
 
-Under OpenMP's default policy a thread that finishes its share of an operator spins for
-milliseconds before it sleeps. On a machine whose cores are shared (other processes, other
-containers), the scheduler may put torch's OpenMP worker on the core of the thread it waits
-for, typically after a single-threaded stretch (building a model, loading a checkpoint); then
-each parallel operator costs a scheduler time slice until the two are moved apart. On the 2
-shared cores of the development machine this made whichever evaluation rows ran then 3-20x
-slower (``scripts/bench_eval_rows.py``): the frozen-CLIP rows, right after the MaftTask is
-built, far more often than the MAFT row, right after training. ``PASSIVE`` puts idle threads
-to sleep at once. Every operator splits its work the same way, so no number changes.
+torch's Linux wheels run their operators on GNU OpenMP (libgomp). A worker thread that finishes
+its share of an operator waits for the next one: it spins for ``GOMP_SPINCOUNT`` busy-loop turns,
+then sleeps until woken. The default count (300 000, about 3 ms by libgomp's own estimate) let a
+worker spin on the core of the thread it waits for after a single-threaded stretch (building a
+model, loading a checkpoint); on the 2 shared cores of the development machine this once made the
+world's frozen evaluation rows 3-20x slower. ``OMP_WAIT_POLICY=PASSIVE`` (no spin at all) cured
+that but made every small operator pay a sleep and a wake-up: the world's training steps took
+1.5-2x as long (``scripts/bench_omp_wait.py`` runs the settings side by side; losses equal bit
+for bit). A count of 10 000 (about 0.1 ms) bridges the gaps between consecutive operators as
+the default does and bounds what a misplaced spin can cost. Every operator splits
+its work the same way under any count, so no number changes.
 
-OpenMP reads the policy once, when torch loads it: the command lines call :func:`passive_wait`
-before anything imports torch. A policy already in the environment is kept
-(``OMP_WAIT_POLICY=ACTIVE`` restores spinning, e.g. on cores reserved for one run).
+OpenMP reads these settings once, when torch loads it: the command lines call
+:func:`bounded_spin` before anything imports torch. A user's ``GOMP_SPINCOUNT`` or
+``OMP_WAIT_POLICY`` is kept (``OMP_WAIT_POLICY=PASSIVE`` restores the no-spin behaviour, ``ACTIVE``
+spins for minutes, e.g. on cores reserved for one run). Other OpenMP runtimes (LLVM's libomp on
+macOS) ignore ``GOMP_SPINCOUNT`` and keep their own defaults.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ from __future__ import annotations
 import os
 import sys
 
-POLICY = "PASSIVE"
+#: Busy-wait turns of an idle libgomp thread before it sleeps (about 0.1 ms).
+SPINCOUNT = "10000"
 
 
-def passive_wait() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set or torch is loaded; True when set."""
-    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+def bounded_spin() -> bool:
+    """Set ``GOMP_SPINCOUNT`` unless the user chose a wait or torch is loaded; True when set."""
+    chosen = "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ
+    if chosen or "torch" in sys.modules:
         return False
-    os.environ["OMP_WAIT_POLICY"] = POLICY
+    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
     return True
 
 
-__all__ = ["POLICY", "passive_wait"]
+__all__ = ["SPINCOUNT", "bounded_spin"]

@@ -282,9 +282,9 @@ def _main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console-script entry point (`maft-train`): unparsable overrides get a quoting hint."""
-    from maft.omp import passive_wait
+    from maft.omp import bounded_spin
 
-    passive_wait()  # before torch loads OpenMP (see maft.omp)
+    bounded_spin()  # before torch loads OpenMP (see maft.omp)
     exit_on_unreadable_overrides(sys.argv[1:])
     _main()
 

@@ -21,7 +21,7 @@ from maft import runner
 from maft.config import compose
 from maft.models.clip.text import TextClassifier
 from maft.models.segmenter import ZeroShotSegmenter
-from maft.omp import passive_wait
+from maft.omp import SPINCOUNT, bounded_spin
 
 ROWS = ["frozen_merge", "frozen_ip_clip", "maft"]
 
@@ -151,13 +151,21 @@ def test_merge_passes_are_bounded_and_change_no_embedding(tiny_task: Any) -> Non
     assert all(torch.equal(a, b) for a, b in zip(bounded.labels, whole.labels))
 
 
-def test_passive_wait_is_set_only_before_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_WAIT_POLICY", "unset")  # restored as it was after the test
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    assert not passive_wait()  # torch is loaded here: OpenMP has read its policy already
-    assert "OMP_WAIT_POLICY" not in os.environ
+def test_bounded_spin_is_set_only_before_torch_and_never_over_the_users_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(var, "unset")  # restored as it was after the test
+        monkeypatch.delenv(var)
+    assert not bounded_spin()  # torch is loaded here: OpenMP has read its settings already
+    assert "GOMP_SPINCOUNT" not in os.environ
     monkeypatch.delitem(sys.modules, "torch")  # as in a command line before its first import
-    assert passive_wait()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert not passive_wait()  # the user's policy is kept
+    assert bounded_spin()
+    assert os.environ["GOMP_SPINCOUNT"] == SPINCOUNT
+    assert "OMP_WAIT_POLICY" not in os.environ  # libgomp's policy stays its default
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    assert not bounded_spin() and os.environ["GOMP_SPINCOUNT"] == "5"  # the user's count
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert not bounded_spin()  # the user's policy is kept, with no count beside it
+    assert "GOMP_SPINCOUNT" not in os.environ
