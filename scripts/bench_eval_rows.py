@@ -23,11 +23,8 @@ import os
 
 try:
     from maft.omp import bounded_spin
-except ImportError:  # an older maft: whatever policy its command lines set, if any
-    with contextlib.suppress(ImportError):
-        from maft.omp import passive_wait
-
-        passive_wait()
+except ImportError:  # an older maft: OpenMP's settings as the environment gives them
+    pass
 else:
     bounded_spin()
 

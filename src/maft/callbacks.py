@@ -250,7 +250,7 @@ class ValidationCurve(L.Callback):
     curve of an uninterrupted one). A checkpoint saved at a validation step before that step's
     validation ran (checkpoints are written at the end of the training batch, validation comes
     after) records the step as ``pending``; the runner validates it first when it resumes
-    (:meth:`pending_in`, ``next_step``), and :meth:`load_state_dict` merges that point in.
+    (:meth:`pending_of`, ``next_step``), and :meth:`load_state_dict` merges that point in.
     """
 
     def __init__(self, monitor: str, keep_best: bool = False, every: int | None = None) -> None:
